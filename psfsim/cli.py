@@ -1,0 +1,175 @@
+"""The ``psfsim`` command line: a thin layer over the library.
+
+A user error (bad lens file, bad argument, unreadable input) prints one line ``psfsim: error: ...`` to stderr
+and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PsfsimError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise PsfsimError(f"{self.prog}: {message}")
+
+
+def _pair(text: str, typ=float, name: str = "value") -> tuple:
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(typ(p) for p in parts)
+    except ValueError:
+        raise PsfsimError(f"{name} {text!r}: expected two comma-separated {'integers' if typ is int else 'numbers'}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+def cmd_psf(args) -> int:
+    from .io import write_array
+    from .lens import load_lens
+
+    lens = load_lens(args.lens)
+    x, y = _pair(args.field, float, "--field")
+    psf = lens.psf(x, y)
+    out = Path(args.out)
+    if out.suffix.lower() not in (".npy", ".tif", ".tiff", ".fits"):
+        raise PsfsimError(f"--out {out}: expected a .npy, .tif or .fits file")
+    write_array(out, psf)
+    print(f"PSF at field ({x:+.4f}, {y:+.4f}) of {lens.name}: {psf.shape[0]}x{psf.shape[1]} px, "
+          f"Strehl {float(lens.strehl(x, y)):.3f} -> {out}")
+    return 0
+
+
+def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True) -> dict:
+    """PSF grid as ``psf_grid.npz`` (``psfs, x, y, rows, cols``) + montage, Strehl and FWHM PNGs in ``out``."""
+    from .figures import field_map, psf_montage
+
+    if out.exists() and not out.is_dir():
+        raise PsfsimError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    grid = lens.psf_grid(ny, nx)
+    x, y = grid.x.ravel(), grid.y.ravel()
+    strehl = lens.strehl(x, y).reshape(ny, nx)
+    fwhm = lens.fwhm_px(x, y).reshape(ny, nx)
+    npz = out / "psf_grid.npz"
+    tmp = out / ".psf_grid.tmp.npz"
+    np.savez(tmp, psfs=grid.psfs, x=grid.x, y=grid.y, rows=grid.rows, cols=grid.cols, strehl=strehl, fwhm_px=fwhm)
+    tmp.replace(npz)
+    files = {
+        "grid": npz,
+        "montage": psf_montage(grid, out / "psf_montage.png", log=log, title=lens.name),
+        "strehl": field_map(strehl, grid, out / "strehl_map.png", label="Strehl ratio", title=f"{lens.name}: Strehl ratio"),
+        "fwhm": field_map(fwhm, grid, out / "fwhm_map.png", label="FWHM (px)", title=f"{lens.name}: equivalent-area FWHM", cmap="magma"),
+    }
+    return files
+
+
+def cmd_grid(args) -> int:
+    from .lens import load_lens
+
+    lens = load_lens(args.lens)
+    ny, nx = _pair(args.n, int, "--n")
+    if ny < 1 or nx < 1 or ny * nx > 4096:
+        raise PsfsimError(f"--n {args.n}: expected 1 <= NY, NX and NY * NX <= 4096")
+    files = write_grid(lens, Path(args.out), ny, nx, log=not args.linear)
+    for k, p in files.items():
+        print(f"{k:8s} {p}")
+    return 0
+
+
+def lens_summary(lens) -> str:
+    """Human-readable summary of a lens (``psfsim info LENS``)."""
+    o, f, s = lens.optics, lens.field, lens.psf_sampling
+    H, W = f.shape_px
+    corners = f.corners_field
+    far = corners[np.argmax(np.hypot(corners[:, 0], corners[:, 1]))]
+    edge_x = float(f.pixel_to_field(f.axis_px[0], W - 1)[0])
+    pts = np.array([[0.0, 0.0], [edge_x, 0.0], far])
+    strehl = lens.strehl(pts[:, 0], pts[:, 1])
+    fwhm = lens.fwhm_px(pts[:, 0], pts[:, 1])
+    wl = ", ".join(f"{w:g}" for w in o.wavelength_nm)
+    wt = ", ".join(f"{w:.3g}" for w in o.weights)
+    margin = o.nyquist_pitch_um / o.pixel_pitch_um
+    lines = [
+        f"lens            {lens.name}",
+        f"wavelengths     {wl} nm (weights {wt}; aberrations in waves at {o.reference_wavelength_nm:.1f} nm)",
+        f"NA              {o.na:g} (immersion index {o.immersion_index:g}), obscuration {o.obscuration:g}",
+        f"pixel pitch     {o.pixel_pitch_um:g} um; Nyquist lambda_min/(4 NA) = {o.nyquist_pitch_um:.4g} um "
+        f"(margin x{margin:.2f}, {'sampled' if margin >= 1 - 1e-9 else 'UNDERSAMPLED'})",
+        f"diffraction     Airy first zero 0.61 lambda/NA = {o.airy_zero_px:.2f} px",
+        f"field           {H} x {W} px, axis at (row {f.axis_px[0]:g}, col {f.axis_px[1]:g}), half-diagonal {f.half_diagonal_px:.1f} px",
+        f"PSF box         {s.size_px} px, oversample {s.oversample}, pupil samples {lens._engine.M}",
+        f"Strehl / FWHM   centre {strehl[0]:.3f} / {fwhm[0]:.2f} px; edge (x={edge_x:+.2f}) {strehl[1]:.3f} / {fwhm[1]:.2f} px; "
+        f"corner ({far[0]:+.2f}, {far[1]:+.2f}) {strehl[2]:.3f} / {fwhm[2]:.2f} px",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_info(args) -> int:
+    from .lens import load_lens
+
+    print(lens_summary(load_lens(args.target)))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    p = _Parser(prog="psfsim", description="Spatially-varying PSFs of a lens: simulate, blur, restore.")
+    p.add_argument("--version", action="version", version=f"psfsim {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    lens_help = "lens TOML file or preset name (microscope, relay, telescope)"
+
+    sp = sub.add_parser("psf", help="one PSF at a field point")
+    sp.add_argument("--lens", required=True, help=lens_help)
+    sp.add_argument("--field", required=True, metavar="X,Y", help="field coordinates (see README)")
+    sp.add_argument("--out", required=True, help="output .npy, .tif or .fits")
+    sp.set_defaults(func=cmd_psf)
+
+    sp = sub.add_parser("grid", help="PSF grid over the field + montage, Strehl and FWHM maps")
+    sp.add_argument("--lens", required=True, help=lens_help)
+    sp.add_argument("--n", default="5,5", metavar="NY,NX", help="grid size (default 5,5)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--linear", action="store_true", help="linear montage stretch (default: log)")
+    sp.set_defaults(func=cmd_grid)
+
+    sp = sub.add_parser("info", help="summary of a lens")
+    sp.add_argument("target", help=lens_help)
+    sp.set_defaults(func=cmd_info)
+    return p
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    return f"psfsim: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except PsfsimError as e:
+        print(f"psfsim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("psfsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

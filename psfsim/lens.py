@@ -1,0 +1,600 @@
+"""Lens descriptions: typed, validated dataclasses loaded from TOML (``data/lenses/*.toml``).
+
+A lens file fully determines the point spread function at every point of its field: the optics
+(wavelengths, numerical aperture, pixel pitch, pupil obscuration), the frame it images (its field), the PSF
+sampling, and the wavefront aberration as Seidel coefficients plus Zernike terms that may vary as
+polynomials over the field. See the README's "Lens file" section for the format.
+
+Everything is validated here, at the edge: a bad file raises :class:`~psfsim.errors.LensError` naming the
+key, the value and what is allowed, and unknown keys are errors (a typo must never be ignored).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import LensError, NyquistWarning
+from .zernike import MAX_NOLL
+
+__all__ = [
+    "Optics",
+    "FieldGeometry",
+    "PSFSampling",
+    "Seidel",
+    "ZernikeTerm",
+    "Lens",
+    "load_lens",
+    "lens_from_dict",
+    "lens_from_toml",
+    "preset_names",
+    "presets_dir",
+    "resolve_lens_path",
+    "MAX_MONOMIAL_DEGREE",
+]
+
+#: Highest total degree of a field monomial in ``rms_waves`` (``x3y2`` has degree 5).
+MAX_MONOMIAL_DEGREE = 6
+#: Default largest fraction of a PSF's energy allowed outside its ``size_px`` box (``[psf] max_energy_outside``).
+DEFAULT_MAX_ENERGY_OUTSIDE = 0.05
+#: Smallest PSF box accepted, in pixels.
+MIN_PSF_SIZE = 5
+
+_MONOMIAL_RE = re.compile(r"^(?:x(\d*))?(?:y(\d*))?$")
+
+
+def presets_dir() -> Path:
+    """Folder of the lens presets: ``$PSFSIM_PRESETS`` or the repository's ``data/lenses``."""
+    env = os.environ.get("PSFSIM_PRESETS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "data" / "lenses"
+
+
+def preset_names() -> list[str]:
+    """Names of the lens presets (``microscope``, ``relay``, ``telescope``, ...)."""
+    d = presets_dir()
+    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
+
+
+def resolve_lens_path(lens: str | os.PathLike) -> Path:
+    """A lens argument is a path to a TOML file or a preset name; return the file's path."""
+    p = Path(lens)
+    if p.is_file():
+        return p
+    cand = presets_dir() / f"{lens}.toml"
+    if cand.is_file() and os.sep not in str(lens):
+        return cand
+    if p.exists():
+        raise LensError(f"lens {str(lens)!r} is not a file")
+    raise LensError(
+        f"lens {str(lens)!r} is neither a file nor a preset; presets: {', '.join(preset_names()) or '(none)'}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# dataclasses
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Optics:
+    """Imaging optics.
+
+    Attributes
+    ----------
+    wavelength_nm : tuple of float
+        Source wavelengths in nm (one for a monochromatic source).
+    weights : tuple of float
+        Relative spectral weights, normalised to sum 1, same length as ``wavelength_nm``.
+    na : float
+        Numerical aperture on the side where ``pixel_pitch_um`` is measured (object side for a microscope;
+        image side ``1 / (2 F#)`` for a telescope imaging objects at infinity).
+    immersion_index : float
+        Refractive index of the immersion medium; ``na`` must be below it.
+    pixel_pitch_um : float
+        Size of one detector pixel in µm, on the same side as ``na``.
+    obscuration : float
+        Central obscuration ratio ``e`` of the pupil (0 <= e < 1).
+    """
+
+    wavelength_nm: tuple[float, ...]
+    weights: tuple[float, ...]
+    na: float
+    pixel_pitch_um: float
+    immersion_index: float = 1.0
+    obscuration: float = 0.0
+
+    @property
+    def reference_wavelength_nm(self) -> float:
+        """Wavelength at which aberration coefficients are given (in waves): the weighted mean wavelength."""
+        return float(np.dot(self.wavelength_nm, self.weights))
+
+    @property
+    def nyquist_pitch_um(self) -> float:
+        """Nyquist pixel pitch ``lambda_min / (4 NA)`` in µm (intensity cut-off frequency ``2 NA / lambda``)."""
+        return min(self.wavelength_nm) * 1e-3 / (4.0 * self.na)
+
+    @property
+    def airy_zero_px(self) -> float:
+        """First dark ring radius ``0.61 lambda_ref / NA`` in detector pixels (unobscured pupil)."""
+        return 0.6098 * self.reference_wavelength_nm * 1e-3 / self.na / self.pixel_pitch_um
+
+
+@dataclass(frozen=True)
+class FieldGeometry:
+    """The frame a lens images, in detector pixels, and where its optical axis sits.
+
+    Field coordinates of pixel ``(r, c)``: ``x = (c - col0) / R``, ``y = (r - row0) / R`` with the axis at
+    ``(row0, col0)`` and ``R = hypot((H - 1) / 2, (W - 1) / 2)`` the frame's half-diagonal.
+    """
+
+    shape_px: tuple[int, int]
+    axis_px: tuple[float, float]
+
+    @property
+    def half_diagonal_px(self) -> float:
+        h, w = self.shape_px
+        return math.hypot((h - 1) / 2.0, (w - 1) / 2.0)
+
+    def pixel_to_field(self, row, col):
+        """Field coordinates ``(x, y)`` of (fractional) pixel positions, arrays broadcast."""
+        r0, c0 = self.axis_px
+        R = self.half_diagonal_px
+        return (np.asarray(col, float) - c0) / R, (np.asarray(row, float) - r0) / R
+
+    def field_to_pixel(self, x, y):
+        """Pixel positions ``(row, col)`` of field coordinates ``(x, y)``."""
+        r0, c0 = self.axis_px
+        R = self.half_diagonal_px
+        return np.asarray(y, float) * R + r0, np.asarray(x, float) * R + c0
+
+    @property
+    def corners_field(self) -> np.ndarray:
+        """Field coordinates ``(4, 2)`` of the frame's four corner pixels."""
+        h, w = self.shape_px
+        rows = np.array([0, 0, h - 1, h - 1], float)
+        cols = np.array([0, w - 1, 0, w - 1], float)
+        return np.stack(self.pixel_to_field(rows, cols), axis=1)
+
+
+@dataclass(frozen=True)
+class PSFSampling:
+    """How PSFs are sampled.
+
+    Attributes
+    ----------
+    size_px : int
+        Side of the (odd) PSF box in detector pixels.
+    oversample : int
+        Sub-samples per pixel side: the PSF is computed on this finer grid, then integrated over pixels.
+    pupil_samples : int
+        Samples across the pupil diameter for the diffraction integral.
+    max_energy_outside : float
+        Largest fraction of a PSF's energy allowed outside the box anywhere in the field (checked on load).
+    """
+
+    size_px: int
+    oversample: int = 4
+    pupil_samples: int = 64
+    max_energy_outside: float = DEFAULT_MAX_ENERGY_OUTSIDE
+
+
+@dataclass(frozen=True)
+class Seidel:
+    """Hopkins wavefront coefficients ``W_klm`` in waves (peak, at the pupil edge and field height 1).
+
+    ``W = W040 rho^4 + W131 h rho^3 cos(t - phi) + W222 h^2 rho^2 cos^2(t - phi) + W220 h^2 rho^2
+    + W311 h^3 rho cos(t - phi)`` with ``phi`` the field point's azimuth, so coma and astigmatism turn with
+    the field point as in a rotationally symmetric lens.
+    """
+
+    W040: float = 0.0
+    W131: float = 0.0
+    W222: float = 0.0
+    W220: float = 0.0
+    W311: float = 0.0
+
+
+@dataclass(frozen=True)
+class ZernikeTerm:
+    """One Zernike term: Noll index and RMS waves as a polynomial in field coordinates.
+
+    ``coefficients`` maps monomial exponents ``(px, py)`` to a coefficient, so ``{(0, 0): 0.02, (1, 0): 0.1}``
+    is ``0.02 + 0.1 x`` RMS waves.
+    """
+
+    noll: int
+    coefficients: tuple[tuple[tuple[int, int], float], ...]
+
+    def rms_waves(self, x, y) -> np.ndarray:
+        """RMS waves of this term at field points ``(x, y)`` (arrays broadcast)."""
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        out = np.zeros(np.broadcast_shapes(x.shape, y.shape))
+        for (px, py), c in self.coefficients:
+            out = out + c * x**px * y**py
+        return out
+
+    @property
+    def field_constant(self) -> bool:
+        return all(p == (0, 0) for p, _ in self.coefficients)
+
+
+@dataclass(frozen=True, eq=False)
+class Lens:
+    """A validated lens: optics, field, PSF sampling and aberrations.
+
+    Build one with :func:`load_lens` (a path or a preset name) or :func:`lens_from_dict`.
+    ``source`` holds the description as written in its TOML, so the lens can be rebuilt from metadata.
+    """
+
+    name: str
+    optics: Optics
+    field: FieldGeometry
+    psf_sampling: PSFSampling
+    seidel: Seidel
+    zernike: tuple[ZernikeTerm, ...]
+    source: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def field_constant(self) -> bool:
+        """True when the PSF is the same everywhere (no Seidel field terms, constant Zernike terms)."""
+        s = self.seidel
+        return s.W131 == s.W222 == s.W220 == s.W311 == 0.0 and all(z.field_constant for z in self.zernike)
+
+    @cached_property
+    def _engine(self):
+        from .psf import PSFEngine
+
+        return PSFEngine(self)
+
+    # -- PSFs --------------------------------------------------------------------------------------
+    def psf(self, x: float, y: float) -> np.ndarray:
+        """PSF ``(k, k)`` float64 at field point ``(x, y)``, unit sum, centred on the box's central pixel."""
+        return self._engine.psfs(np.array([x], float), np.array([y], float))[0]
+
+    def psfs(self, x, y) -> np.ndarray:
+        """PSFs ``(B, k, k)`` float64 at field points ``x, y`` of shape ``(B,)`` (batched)."""
+        return self._engine.psfs(np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float)))
+
+    def psf_grid(self, ny: int, nx: int):
+        """PSFs on a regular ``ny x nx`` grid of pixel positions spanning the frame (corners included).
+
+        Returns a :class:`psfsim.psf.PSFGrid` with ``psfs (ny, nx, k, k)``, field coordinates ``x, y (ny, nx)``
+        and the pixel positions ``rows (ny,)``, ``cols (nx,)`` of the grid nodes.
+        """
+        from .psf import psf_grid
+
+        return psf_grid(self, ny, nx)
+
+    def strehl(self, x, y) -> np.ndarray:
+        """Strehl ratio at field points (peak intensity over the aberration-free peak), shape of ``x``."""
+        x = np.asarray(x, float)
+        return self._engine.strehl(np.atleast_1d(x).ravel(), np.atleast_1d(np.asarray(y, float)).ravel()).reshape(x.shape)
+
+    def fwhm_px(self, x, y) -> np.ndarray:
+        """Equivalent-area FWHM in pixels at field points: ``2 sqrt(A / pi)``, ``A`` the area above half peak."""
+        x = np.asarray(x, float)
+        return self._engine.fwhm_px(np.atleast_1d(x).ravel(), np.atleast_1d(np.asarray(y, float)).ravel()).reshape(x.shape)
+
+    def energy_outside(self, x, y) -> np.ndarray:
+        """Fraction of each PSF's energy that falls outside the ``size_px`` box, shape of ``x``."""
+        x = np.asarray(x, float)
+        return self._engine.energy_outside(np.atleast_1d(x).ravel(), np.atleast_1d(np.asarray(y, float)).ravel()).reshape(x.shape)
+
+    def wavefront_waves(self, x: float, y: float, rho, theta) -> np.ndarray:
+        """Wavefront aberration ``W(rho, theta)`` in waves (at the reference wavelength) at field point ``(x, y)``."""
+        from .wavefront import wavefront
+
+        return wavefront(self, x, y, rho, theta)
+
+    def field_coords(self, origin=(0, 0), shape=None) -> np.ndarray:
+        """Field coordinates ``(2, h, w)`` of a window; see :func:`psfsim.field.field_coords`."""
+        from .field import field_coords
+
+        return field_coords(self, origin=origin, shape=shape)
+
+    def to_dict(self) -> dict:
+        """The lens description as written in its TOML (a deep copy), enough to rebuild it."""
+        return copy.deepcopy(dict(self.source))
+
+
+# --------------------------------------------------------------------------------------------------
+# parsing and validation
+# --------------------------------------------------------------------------------------------------
+_TOP_KEYS = {"name", "optics", "field", "psf", "seidel", "zernike"}
+_OPTICS_KEYS = {"wavelength_nm", "weights", "na", "immersion_index", "pixel_pitch_um", "obscuration"}
+_FIELD_KEYS = {"shape_px", "axis_px"}
+_PSF_KEYS = {"size_px", "oversample", "pupil_samples", "max_energy_outside"}
+_SEIDEL_KEYS = {"W040", "W131", "W222", "W220", "W311"}
+_ZERNIKE_KEYS = {"noll", "rms_waves"}
+
+
+def _check_keys(d: Mapping, allowed: set[str], where: str) -> None:
+    if not isinstance(d, Mapping):
+        raise LensError(f"[{where}] must be a table, got {d!r}")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise LensError(
+            f"unknown key {where + '.' if where else ''}{unknown[0]} "
+            f"(allowed in {'[' + where + ']' if where else 'the top level'}: {', '.join(sorted(allowed))})"
+        )
+
+
+def _num(d: Mapping, key: str, where: str, default=None, *, integer=False) -> float:
+    if key not in d:
+        if default is None:
+            raise LensError(f"missing key {where}.{key}")
+        return default
+    v = d[key]
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or (not integer and not math.isfinite(v)):
+        raise LensError(f"{where}.{key} = {v!r}: expected a {'whole number' if integer else 'finite number'}")
+    return v
+
+
+def _parse_monomial(name: str, where: str) -> tuple[int, int]:
+    if name == "c":
+        return (0, 0)
+    m = _MONOMIAL_RE.match(name)
+    if not name or m is None or (m.group(0) == ""):
+        raise LensError(
+            f"{where}: unknown monomial {name!r} (use c, x, y, x2, xy, y2, x3, x2y, ... in field coordinates)"
+        )
+    px = 0 if "x" not in name else int(m.group(1) or 1)
+    py = 0 if "y" not in name else int(m.group(2) or 1)
+    if px + py > MAX_MONOMIAL_DEGREE:
+        raise LensError(f"{where}: monomial {name!r} has degree {px + py} > {MAX_MONOMIAL_DEGREE}")
+    if (m.group(1) is not None and m.group(1).startswith("0")) or (m.group(2) is not None and m.group(2).startswith("0")):
+        raise LensError(f"{where}: unknown monomial {name!r} (exponents start at 1)")
+    return (px, py)
+
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool = True, origin: str = "<dict>") -> Lens:
+    """Validate a lens description (the parsed TOML) into a :class:`Lens`.
+
+    Parameters
+    ----------
+    d : mapping
+        The description, as :func:`tomllib.loads` returns it.
+    check_psf_box : bool
+        Measure the energy outside the PSF box at the frame's centre, edges and corners and refuse the lens
+        when it exceeds ``[psf] max_energy_outside`` (default 5 %).
+    origin : str
+        Where the description came from, for messages.
+
+    Raises
+    ------
+    LensError
+        Naming the key, the value and what is allowed.
+    """
+    try:
+        return _lens_from_dict(d, check_psf_box=check_psf_box)
+    except LensError as e:
+        raise LensError(f"{origin}: {e}") from None
+
+
+def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
+    _check_keys(d, _TOP_KEYS, "")
+    name = d.get("name", "unnamed")
+    if not isinstance(name, str) or not name:
+        raise LensError(f"name = {name!r}: expected a non-empty string")
+    for sec in ("optics", "field", "psf"):
+        if sec not in d:
+            raise LensError(f"missing table [{sec}]")
+
+    # optics
+    o = d["optics"]
+    _check_keys(o, _OPTICS_KEYS, "optics")
+    if "wavelength_nm" not in o:
+        raise LensError("missing key optics.wavelength_nm")
+    wl = _as_list(o["wavelength_nm"])
+    if not wl:
+        raise LensError("optics.wavelength_nm = []: expected a wavelength or a list of them")
+    for v in wl:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise LensError(f"optics.wavelength_nm = {o['wavelength_nm']!r}: wavelengths must be finite numbers > 0")
+    if "weights" in o:
+        w = _as_list(o["weights"])
+        if len(w) != len(wl):
+            raise LensError(
+                f"optics.weights = {o['weights']!r}: {len(w)} weights for {len(wl)} wavelengths (need one per wavelength)"
+            )
+        for v in w:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise LensError(f"optics.weights = {o['weights']!r}: weights must be finite numbers >= 0")
+        if sum(w) <= 0:
+            raise LensError(f"optics.weights = {o['weights']!r}: weights must not all be 0")
+    else:
+        w = [1.0] * len(wl)
+    wsum = float(sum(w))
+    immersion = _num(o, "immersion_index", "optics", 1.0)
+    if immersion < 1.0:
+        raise LensError(f"optics.immersion_index = {immersion!r}: expected >= 1")
+    na = _num(o, "na", "optics")
+    if not 0 < na < immersion:
+        raise LensError(f"optics.na = {na!r}: expected 0 < na < immersion_index ({immersion})")
+    pitch = _num(o, "pixel_pitch_um", "optics")
+    if pitch <= 0:
+        raise LensError(f"optics.pixel_pitch_um = {pitch!r}: expected > 0")
+    obsc = _num(o, "obscuration", "optics", 0.0)
+    if not 0 <= obsc < 1:
+        raise LensError(f"optics.obscuration = {obsc!r}: expected 0 <= obscuration < 1")
+    optics = Optics(
+        wavelength_nm=tuple(float(v) for v in wl),
+        weights=tuple(float(v) / wsum for v in w),
+        na=float(na),
+        pixel_pitch_um=float(pitch),
+        immersion_index=float(immersion),
+        obscuration=float(obsc),
+    )
+
+    # field
+    f = d["field"]
+    _check_keys(f, _FIELD_KEYS, "field")
+    if "shape_px" not in f:
+        raise LensError("missing key field.shape_px")
+    shp = f["shape_px"]
+    if (
+        not isinstance(shp, (list, tuple))
+        or len(shp) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shp)
+    ):
+        raise LensError(f"field.shape_px = {shp!r}: expected [H, W], two whole numbers >= 1")
+    H, W = int(shp[0]), int(shp[1])
+    if "axis_px" in f:
+        ax = f["axis_px"]
+        if (
+            not isinstance(ax, (list, tuple))
+            or len(ax) != 2
+            or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) for a in ax)
+        ):
+            raise LensError(f"field.axis_px = {ax!r}: expected [row, col], two finite numbers")
+        axis = (float(ax[0]), float(ax[1]))
+    else:
+        axis = ((H - 1) / 2.0, (W - 1) / 2.0)
+    if H == 1 and W == 1:
+        raise LensError(f"field.shape_px = {shp!r}: a field of one pixel has no extent")
+    fieldg = FieldGeometry(shape_px=(H, W), axis_px=axis)
+
+    # psf sampling
+    p = d["psf"]
+    _check_keys(p, _PSF_KEYS, "psf")
+    size = _num(p, "size_px", "psf", integer=True)
+    if size % 2 == 0 or size < MIN_PSF_SIZE:
+        raise LensError(f"psf.size_px = {size!r}: expected an odd whole number >= {MIN_PSF_SIZE}")
+    ovs = _num(p, "oversample", "psf", 4, integer=True)
+    if not 1 <= ovs <= 16:
+        raise LensError(f"psf.oversample = {ovs!r}: expected a whole number in 1..16")
+    npup = _num(p, "pupil_samples", "psf", 64, integer=True)
+    if not 16 <= npup <= 1024:
+        raise LensError(f"psf.pupil_samples = {npup!r}: expected a whole number in 16..1024")
+    meo = _num(p, "max_energy_outside", "psf", DEFAULT_MAX_ENERGY_OUTSIDE)
+    if not 0 < meo < 1:
+        raise LensError(f"psf.max_energy_outside = {meo!r}: expected 0 < value < 1")
+    sampling = PSFSampling(size_px=int(size), oversample=int(ovs), pupil_samples=int(npup), max_energy_outside=float(meo))
+    fine_limit = min(optics.wavelength_nm) * 1e-3 / (4 * optics.na)
+    if pitch / ovs > fine_limit * (1 + 1e-9):
+        need = math.ceil(pitch / fine_limit)
+        raise LensError(
+            f"psf.oversample = {ovs}: the oversampled grid ({pitch / ovs:.4g} um) is coarser than Nyquist "
+            f"lambda_min/(4 NA) = {fine_limit:.4g} um; need oversample >= {need}"
+        )
+
+    # seidel
+    s = d.get("seidel", {})
+    _check_keys(s, _SEIDEL_KEYS, "seidel")
+    seidel = Seidel(**{k: float(_num(s, k, "seidel", 0.0)) for k in _SEIDEL_KEYS})
+
+    # zernike
+    zs = d.get("zernike", [])
+    if not isinstance(zs, list):
+        raise LensError(f"zernike = {zs!r}: expected an array of tables [[zernike]]")
+    terms = []
+    for i, z in enumerate(zs):
+        where = f"zernike[{i}]"
+        _check_keys(z, _ZERNIKE_KEYS, where)
+        j = _num(z, "noll", where, integer=True)
+        if not 1 <= j <= MAX_NOLL:
+            raise LensError(f"{where}.noll = {j!r}: unknown Noll index (expected 1..{MAX_NOLL})")
+        if "rms_waves" not in z:
+            raise LensError(f"missing key {where}.rms_waves")
+        rw = z["rms_waves"]
+        if isinstance(rw, Mapping):
+            coeffs = []
+            for mono, c in rw.items():
+                exps = _parse_monomial(mono, f"{where}.rms_waves")
+                if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+                    raise LensError(f"{where}.rms_waves.{mono} = {c!r}: expected a finite number")
+                coeffs.append((exps, float(c)))
+        else:
+            c = _num(z, "rms_waves", where)
+            coeffs = [((0, 0), float(c))]
+        terms.append(ZernikeTerm(noll=int(j), coefficients=tuple(coeffs)))
+
+    lens = Lens(
+        name=name,
+        optics=optics,
+        field=fieldg,
+        psf_sampling=sampling,
+        seidel=seidel,
+        zernike=tuple(terms),
+        source=copy.deepcopy(dict(d)),
+    )
+
+    if optics.pixel_pitch_um > optics.nyquist_pitch_um * (1 + 1e-9):
+        warnings.warn(
+            f"lens {name!r}: optics.pixel_pitch_um = {pitch} is coarser than Nyquist lambda_min/(4 NA) = "
+            f"{optics.nyquist_pitch_um:.4g} um (x{optics.pixel_pitch_um / optics.nyquist_pitch_um:.2f}): "
+            "the PSF is undersampled by the detector",
+            NyquistWarning,
+            stacklevel=3,
+        )
+
+    if check_psf_box:
+        _check_box(lens)
+    return lens
+
+
+def probe_points(fieldg: FieldGeometry) -> np.ndarray:
+    """Field points ``(9, 2)`` where the PSF box is checked: axis, frame corners and edge midpoints."""
+    h, w = fieldg.shape_px
+    rows = np.array([0, 0, 0, (h - 1) / 2, (h - 1) / 2, h - 1, h - 1, h - 1], float)
+    cols = np.array([0, (w - 1) / 2, w - 1, 0, w - 1, 0, (w - 1) / 2, w - 1], float)
+    x, y = fieldg.pixel_to_field(rows, cols)
+    return np.concatenate([[[0.0, 0.0]], np.stack([x, y], 1)])
+
+
+def _check_box(lens: Lens) -> None:
+    pts = probe_points(lens.field)
+    out = lens.energy_outside(pts[:, 0], pts[:, 1])
+    i = int(np.argmax(out))
+    if out[i] > lens.psf_sampling.max_energy_outside:
+        raise LensError(
+            f"psf.size_px = {lens.psf_sampling.size_px} is too small for this lens: {100 * out[i]:.1f} % of the "
+            f"PSF's energy falls outside the box at field point ({pts[i, 0]:+.3f}, {pts[i, 1]:+.3f}) "
+            f"(allowed: psf.max_energy_outside = {100 * lens.psf_sampling.max_energy_outside:.1f} %); "
+            "use a larger odd size_px"
+        )
+
+
+def lens_from_toml(text: str, *, check_psf_box: bool = True, origin: str = "<toml>") -> Lens:
+    """Parse TOML text into a validated :class:`Lens`."""
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise LensError(f"{origin}: not valid TOML ({e})") from None
+    return lens_from_dict(d, check_psf_box=check_psf_box, origin=origin)
+
+
+def load_lens(lens: str | os.PathLike | Lens, *, check_psf_box: bool = True) -> Lens:
+    """Load and validate a lens: a TOML path, a preset name (``"microscope"``) or a :class:`Lens` (returned).
+
+    Examples
+    --------
+    >>> lens = load_lens("microscope")
+    >>> lens.psf(0.5, -0.2).shape
+    (33, 33)
+    """
+    if isinstance(lens, Lens):
+        return lens
+    path = resolve_lens_path(lens)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LensError(f"{path}: cannot read lens file ({e})") from None
+    return lens_from_toml(text, check_psf_box=check_psf_box, origin=str(path))

@@ -1,0 +1,94 @@
+"""Wavefront aberration over the pupil at field points: Seidel ``W_klm`` plus field-polynomial Zernikes.
+
+The wavefront at field point ``(x, y)`` (field height ``h = hypot(x, y)``, azimuth ``phi = atan2(y, x)``) is
+linear in a small set of pupil functions, with coefficients that are polynomials in ``(x, y)``. Writing
+``u = rho cos(theta)``, ``v = rho sin(theta)`` (``u`` along the image's x, i.e. columns):
+
+=========================  ===============================================  ===========================
+Hopkins term               pupil function(s)                                field coefficient
+=========================  ===============================================  ===========================
+W040 rho^4                 rho^4                                            W040
+W131 h rho^3 cos(t - phi)  rho^2 u, rho^2 v                                 W131 x, W131 y
+W222 h^2 rho^2 cos^2(...)  u^2, v^2, u v                                    W222 x^2, W222 y^2, 2 W222 x y
+W220 h^2 rho^2             u^2, v^2                                         W220 h^2 (each)
+W311 h^3 rho cos(t - phi)  u, v                                             W311 h^2 x, W311 h^2 y
+Zernike j (RMS waves)      Z_j(rho, theta)                                  polynomial in (x, y)
+=========================  ===============================================  ===========================
+
+so a batch of field points is one matrix product: ``W (B, P) = C (B, nb) @ basis (nb, P)``.
+Reference: H. H. Hopkins, *Wave Theory of Aberrations* (1950); J. Sasian, *Introduction to Aberrations in
+Optical Imaging Systems* (2013), eq. 1.5.
+
+Sign conventions: a positive ``x``-tilt (``u`` term, e.g. Noll Z2 > 0) moves the PSF toward +x (increasing
+column); positive W311 moves it away from the axis; positive W131 makes coma's tail point away from the axis
+(along the field azimuth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .zernike import zernike_noll
+
+__all__ = ["SEIDEL_BASIS", "pupil_basis_names", "pupil_basis", "field_coefficients", "wavefront"]
+
+#: Names of the Seidel pupil functions, in the order of :func:`pupil_basis`.
+SEIDEL_BASIS = ("rho4", "rho2u", "rho2v", "u2", "v2", "uv", "u", "v")
+
+
+def pupil_basis_names(lens) -> tuple[str, ...]:
+    """Names of the pupil functions the lens's wavefront is built from (Seidel ones, then ``Z<j>``)."""
+    nolls = sorted({z.noll for z in lens.zernike})
+    return SEIDEL_BASIS + tuple(f"Z{j}" for j in nolls)
+
+
+def pupil_basis(lens, rho: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Pupil functions ``(nb, *rho.shape)`` evaluated at pupil points ``(rho, theta)``."""
+    rho = np.asarray(rho, float)
+    theta = np.asarray(theta, float)
+    u = rho * np.cos(theta)
+    v = rho * np.sin(theta)
+    r2 = rho**2
+    funcs = [r2 * r2, r2 * u, r2 * v, u * u, v * v, u * v, u, v]
+    funcs += [zernike_noll(j, rho, theta) for j in sorted({z.noll for z in lens.zernike})]
+    return np.stack(funcs)
+
+
+def field_coefficients(lens, x, y) -> np.ndarray:
+    """Coefficients ``(B, nb)`` (waves at the reference wavelength) of the pupil functions at field points.
+
+    Parameters
+    ----------
+    lens : Lens
+    x, y : array_like, shape ``(B,)``
+        Field coordinates (see :mod:`psfsim.field`).
+    """
+    x = np.atleast_1d(np.asarray(x, float))
+    y = np.atleast_1d(np.asarray(y, float))
+    s = lens.seidel
+    h2 = x * x + y * y
+    cols = [
+        np.full_like(x, s.W040),
+        s.W131 * x,
+        s.W131 * y,
+        s.W222 * x * x + s.W220 * h2,
+        s.W222 * y * y + s.W220 * h2,
+        2.0 * s.W222 * x * y,
+        s.W311 * h2 * x,
+        s.W311 * h2 * y,
+    ]
+    nolls = sorted({z.noll for z in lens.zernike})
+    for j in nolls:
+        acc = np.zeros_like(x)
+        for z in lens.zernike:
+            if z.noll == j:
+                acc = acc + z.rms_waves(x, y)
+        cols.append(acc)
+    return np.stack(cols, axis=1)
+
+
+def wavefront(lens, x: float, y: float, rho, theta) -> np.ndarray:
+    """Wavefront ``W(rho, theta)`` in waves at the reference wavelength, at one field point ``(x, y)``."""
+    c = field_coefficients(lens, [x], [y])[0]
+    b = pupil_basis(lens, rho, theta)
+    return np.tensordot(c, b, axes=1)

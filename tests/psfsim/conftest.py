@@ -1,0 +1,28 @@
+import copy
+
+import pytest
+
+from psfsim import lens_from_dict
+
+BASE = {
+    "name": "test",
+    "optics": {"wavelength_nm": 520.0, "na": 0.4, "pixel_pitch_um": 0.325},
+    "field": {"shape_px": [64, 64]},
+    "psf": {"size_px": 33, "oversample": 4},
+}
+
+
+def make_lens(check_psf_box=True, **sections):
+    """A lens from BASE with sections overridden: make_lens(seidel={"W220": 0.5}, optics={"na": 0.3})."""
+    d = copy.deepcopy(BASE)
+    for k, v in sections.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            d[k].update(v)
+        else:
+            d[k] = v
+    return lens_from_dict(d, check_psf_box=check_psf_box)
+
+
+@pytest.fixture
+def lens_factory():
+    return make_lens
