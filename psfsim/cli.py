@@ -28,7 +28,10 @@ def _pair(text: str, typ=float, name: str = "value") -> tuple:
     try:
         if len(parts) != 2:
             raise ValueError
-        return tuple(typ(p) for p in parts)
+        vals = tuple(typ(p) for p in parts)
+        if not all(np.isfinite(v) for v in vals):
+            raise ValueError
+        return vals
     except ValueError:
         raise PsfsimError(f"{name} {text!r}: expected two comma-separated {'integers' if typ is int else 'numbers'}") from None
 
@@ -38,12 +41,12 @@ def cmd_psf(args) -> int:
     from .io import write_array
     from .lens import load_lens
 
-    lens = load_lens(args.lens)
-    x, y = _pair(args.field, float, "--field")
-    psf = lens.psf(x, y)
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".tif", ".tiff", ".fits"):
         raise PsfsimError(f"--out {out}: expected a .npy, .tif or .fits file")
+    x, y = _pair(args.field, float, "--field")
+    lens = load_lens(args.lens)
+    psf = lens.psf(x, y)
     write_array(out, psf)
     print(f"PSF at field ({x:+.4f}, {y:+.4f}) of {lens.name}: {psf.shape[0]}x{psf.shape[1]} px, "
           f"Strehl {float(lens.strehl(x, y)):.3f} -> {out}")
@@ -154,11 +157,28 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"psfsim: warning: {message}\n"
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--field -0.5,0.2`` -> ``--field=-0.5,0.2``: argparse would take the value for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if a.startswith("--") and "=" not in a and len(nxt) > 1 and nxt[0] == "-" and (nxt[1].isdigit() or nxt[1] == "."):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    old_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
@@ -166,9 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     except PsfsimError as e:
         print(f"psfsim: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file system refusal (permissions, full disk, ...) is the user's to fix
+        print(f"psfsim: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("psfsim: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = old_format
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,8 @@ def check_window(lens_or_field, origin, shape, *, allow_outside: bool = False) -
     """
     g = _geometry(lens_or_field)
     try:
+        if any(int(v) != v for v in (*origin, *shape)):
+            raise ValueError
         r0, c0 = (int(v) for v in origin)
         h, w = (int(v) for v in shape)
     except (TypeError, ValueError):
