@@ -16,7 +16,7 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "get_backend", "default_workers"]
 
 BACKENDS = ("pyfftw", "scipy")
 #: Measured default (benchmarks/bench_fft.py): see the README's "FFT backend" section for the figures.
-DEFAULT_BACKEND = "scipy"
+DEFAULT_BACKEND = "pyfftw"
 
 
 def default_workers() -> int:
@@ -55,7 +55,7 @@ def _backend(name: str, workers: int) -> SimpleNamespace:
 
         def wrap(f):
             def call(a, s=None, axes=(-2, -1)):
-                return f(a, s=s, axes=axes, workers=workers, planner_effort="FFTW_MEASURE")
+                return f(a, s=s, axes=axes, workers=workers, planner_effort="FFTW_ESTIMATE")
 
             return call
 

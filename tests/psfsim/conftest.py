@@ -7,7 +7,7 @@ from psfsim import lens_from_dict
 BASE = {
     "name": "test",
     "optics": {"wavelength_nm": 520.0, "na": 0.4, "pixel_pitch_um": 0.325},
-    "field": {"shape_px": [64, 64]},
+    "field": {"shape_px": [256, 256]},
     "psf": {"size_px": 33, "oversample": 4},
 }
 
