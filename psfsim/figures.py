@@ -70,3 +70,32 @@ def field_map(values: np.ndarray, grid, path, *, label: str, title: str = "", cm
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label=label)
     return save_atomic_figure(fig, path)
+
+
+def before_after(images: dict, crops: dict, path, *, title: str = "", scores: dict | None = None) -> Path:
+    """Rows of crops (e.g. centre and corner) of several images (sharp, blurred, restorations) side by side.
+
+    Parameters
+    ----------
+    images : dict name -> (H, W) array
+    crops : dict label -> (slice, slice)
+    scores : dict name -> str, optional
+        Text under each column title (e.g. "PSNR 27.1 dB").
+    """
+    plt = _plt()
+    names = list(images)
+    fig, axes = plt.subplots(len(crops), len(names), figsize=(2.3 * len(names), 2.4 * len(crops) + 0.5), squeeze=False)
+    ref = images[names[0]]
+    for i, (label, sl) in enumerate(crops.items()):
+        lo, hi = np.percentile(ref[sl], [0.5, 99.5])
+        for j, n in enumerate(names):
+            ax = axes[i, j]
+            ax.imshow(images[n][sl], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(n + ("\n" + scores[n] if scores and n in scores else ""), fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return save_atomic_figure(fig, path)
