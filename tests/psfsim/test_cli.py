@@ -246,7 +246,7 @@ def test_grid_out_is_a_file(capsys, tmp_path):
         (["psf", "--field", "0,0", "--out", "p.npy"], ["required", "--lens"]),
         (["grid", "--lens", "microscope"], ["required", "--out"]),
         (["info"], ["required", "target"]),
-        (["blur", "microscope"], ["invalid choice", "blur"]),
+        (["deblur", "microscope"], ["invalid choice", "deblur"]),
         (["info", "microscope", "--bogus"], ["unrecognized arguments", "--bogus"]),
     ],
 )
