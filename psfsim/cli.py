@@ -121,7 +121,48 @@ def lens_summary(lens) -> str:
 def cmd_info(args) -> int:
     from .lens import load_lens
 
+    target = Path(args.target)
+    if target.is_dir() and (target / "zarr.json").exists():
+        from .dataset import dataset_summary
+
+        print(dataset_summary(target))
+        return 0
     print(lens_summary(load_lens(args.target)))
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    import shlex
+
+    from .dataset import SimulationSpec, simulate
+    from .lens import load_lens
+
+    lens = load_lens(args.lens)
+    size = _pair(args.size, int, "--size") if args.size else tuple(lens.field.shape_px)
+    try:
+        split = tuple(float(v) for v in args.split.split(","))
+    except ValueError:
+        raise PsfsimError(f"--split {args.split!r}: expected three comma-separated fractions") from None
+    spec = SimulationSpec(lens=lens.to_dict(), source=args.source, n=args.n, size=size, seed=args.seed,
+                          photons=args.photons, read_noise=args.read_noise or 0.0, split=split, origins=args.origins)
+    command = "psfsim " + " ".join(shlex.quote(a) for a in args._argv)
+    res = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=True, command=command)
+    total = res["compute_s"] + res["write_s"]
+    share = (f" (compute {100 * res['compute_s'] / total:.0f} %, write {100 * res['write_s'] / total:.0f} % of worker time)"
+             if total > 0 else "")
+    print(f"{res['samples_written']} samples written in {res['elapsed_s']:.1f} s: {res['rate']:.1f} samples/s{share}; "
+          f"{'complete' if res['complete'] else 'INCOMPLETE'} -> {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .dataset import export_hdf5
+
+    to = Path(args.to)
+    if to.suffix.lower() not in (".h5", ".hdf5"):
+        raise PsfsimError(f"--to {to}: expected a .h5 or .hdf5 file")
+    export_hdf5(args.dataset, to, overwrite=args.overwrite)
+    print(f"exported {args.dataset} -> {to}")
     return 0
 
 
@@ -273,9 +314,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tol", type=float, help="stop when the relative change falls below this")
     sp.set_defaults(func=cmd_rl)
 
-    sp = sub.add_parser("info", help="summary of a lens")
-    sp.add_argument("target", help=lens_help)
+    sp = sub.add_parser("info", help="summary of a lens or of a dataset (DATA.zarr)")
+    sp.add_argument("target", help=lens_help + ", or a dataset folder")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("simulate", help="write a training dataset (Zarr v3): sharp, blurred, Wiener baselines")
+    sp.add_argument("--lens", required=True, help=lens_help)
+    sp.add_argument("--source", required=True,
+                    help="DIR, FILE, skimage:NAME, cells, stars, beams, or a comma-separated mixture")
+    sp.add_argument("--n", type=int, required=True, help="number of samples")
+    sp.add_argument("--out", required=True, help="output DATA.zarr folder")
+    sp.add_argument("--size", metavar="H,W", help="sample size (default: the whole lens field)")
+    sp.add_argument("--origins", choices=["random", "tile"], default="random",
+                    help="window origins when --size is smaller than the field (default random)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--photons", type=float, help="photo-electrons at value 1.0 (Poisson noise)")
+    sp.add_argument("--read-noise", type=float, help="Gaussian read noise, electrons RMS")
+    sp.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
+    sp.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a store written with other arguments")
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("export", help="export a dataset to HDF5")
+    sp.add_argument("dataset", help="DATA.zarr folder")
+    sp.add_argument("--to", required=True, help="output .h5 file")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_export)
     return p
 
 
@@ -304,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     try:
         parser = build_parser()
-        args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+        argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
+        args._argv = argv
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -16,7 +16,7 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "get_backend", "default_workers"]
 
 BACKENDS = ("pyfftw", "scipy")
 #: Measured default (benchmarks/bench_fft.py): see the README's "FFT backend" section for the figures.
-DEFAULT_BACKEND = "pyfftw"
+DEFAULT_BACKEND = "scipy"
 
 
 def default_workers() -> int:

@@ -99,6 +99,7 @@ class LowRankBasis:
     interp_error: float
     rank_error: float
     _full: dict = field(default_factory=dict, repr=False)
+    _kft: dict = field(default_factory=dict, repr=False)
 
     @property
     def rank(self) -> int:
@@ -181,6 +182,7 @@ class LowRankBasis:
             eigen_psfs=Vt[:K].reshape(K, k, k),
             coeffs=(U[:, :K] * s[:K]).reshape(len(self.rows), len(self.cols), K),
             rank_error=float(_rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max()),
+            _kft={},  # kernel transforms belong to one rank
         )
 
     def coefficient_maps(self, origin, shape, dtype=np.float32) -> np.ndarray:
@@ -191,6 +193,16 @@ class LowRankBasis:
         Wc = spline_weights(self.cols, np.arange(c0, c0 + w, dtype=float))
         maps = np.einsum("ha,abk,wb->khw", Wr, self.coeffs, Wc, optimize=True)
         return maps.astype(dtype, copy=False)
+
+    def psfs_at(self, rows, cols) -> np.ndarray:
+        """Rank-K interpolated PSFs ``(N, k, k)`` at frame pixel positions ``rows, cols (N,)``, unit sum."""
+        rows = np.atleast_1d(np.asarray(rows, float))
+        cols = np.atleast_1d(np.asarray(cols, float))
+        Wr = spline_weights(self.rows, rows)
+        Wc = spline_weights(self.cols, cols)
+        c = np.einsum("na,abk,nb->nk", Wr, self.coeffs, Wc)
+        p = np.einsum("nk,kij->nij", c, self.eigen_psfs)
+        return p / p.sum(axis=(1, 2), keepdims=True)
 
     def operator(self, shape, origin=(0, 0), *, dtype=np.float32, backend: str | None = None, allow_outside: bool = False) -> "LowRankOperator":
         """A :class:`LowRankOperator` for a window of the field."""
@@ -249,8 +261,18 @@ class LowRankOperator:
 
     @cached_property
     def kernel_ft(self) -> np.ndarray:
-        """Real FFTs of the eigen-PSFs on the padded grid, ``(K, Hp, Wp // 2 + 1)`` (computed once)."""
-        return self.fft.rfft2(self.basis.eigen_psfs.astype(self.dtype), s=self.pad_shape).astype(self.cdtype, copy=False)
+        """Real FFTs of the eigen-PSFs on the padded grid, ``(K, Hp, Wp // 2 + 1)``.
+
+        Computed once per padded shape and dtype and kept by the basis, so the many windows of a dataset
+        (new operators of the same shape) reuse them.
+        """
+        key = (self.pad_shape, self.dtype.str, self.fft.name)
+        cache = self.basis._kft
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            cache[key] = self.fft.rfft2(self.basis.eigen_psfs.astype(self.dtype), s=self.pad_shape).astype(self.cdtype, copy=False)
+        return cache[key]
 
     def _k_chunks(self, batch: int):
         Hp, Wp = self.pad_shape

@@ -46,7 +46,8 @@ def blend_weights_1d(start: int, size: int, n: int) -> np.ndarray:
 
 
 def sv_wiener(image: np.ndarray, lens, origin=(0, 0), *, patch: int = 64, balance: float | None = None,
-              noise_sigma: float | None = None, reg: str = "gradient", backend: str | None = None) -> np.ndarray:
+              noise_sigma: float | None = None, reg: str = "gradient", backend: str | None = None,
+              psf_at=None) -> np.ndarray:
     """Spatially-varying Wiener deconvolution of a window ``(H, W)`` of the lens field at ``origin``.
 
     Parameters
@@ -58,6 +59,9 @@ def sv_wiener(image: np.ndarray, lens, origin=(0, 0), *, patch: int = 64, balanc
     patch : int
         Patch side in pixels (even, >= 2 PSF sizes recommended); stride is ``patch // 2``.
     balance, noise_sigma, reg : as :func:`psfsim.restore.wiener.wiener`.
+    psf_at : callable, optional
+        ``psf_at(rows, cols) -> (N, k, k)`` PSFs at frame pixel positions; default the lens's exact PSFs
+        (:meth:`LowRankBasis.psfs_at` gives the interpolated ones, much faster when windows change often).
 
     Returns
     -------
@@ -82,8 +86,11 @@ def sv_wiener(image: np.ndarray, lens, origin=(0, 0), *, patch: int = 64, balanc
     # PSF at each patch centre (field point of the centre pixel in the full frame)
     rows = np.array([origin[0] + r + (ph - 1) / 2 for r, _ in starts])
     cols = np.array([origin[1] + c + (pw - 1) / 2 for _, c in starts])
-    x, y = lens.field.pixel_to_field(rows, cols)
-    psfs = lens.psfs(x, y).astype(dtype)
+    if psf_at is None:
+        x, y = lens.field.pixel_to_field(rows, cols)
+        psfs = lens.psfs(x, y).astype(dtype)
+    else:
+        psfs = np.asarray(psf_at(rows, cols), dtype)
     shape = (fft.next_fast_len(ph + 2 * m, True), fft.next_fast_len(pw + 2 * m, True))
     R = regulariser_tf2(reg, shape, fft, dtype)
     # taper of the context margin (raised cosine from the core edge to the tile edge)

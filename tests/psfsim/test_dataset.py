@@ -1,0 +1,186 @@
+"""Datasets: the blur of a window equals the crop of the blurred frame, resumption is bit-exact, readers."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+import psfsim
+from psfsim.dataset import SimulationSpec, _Context, export_hdf5, make_sample, open_dataset, sample_origins, simulate
+from psfsim.operators import lowrank_basis
+from psfsim.sources import parse_source
+
+
+@pytest.fixture(scope="module")
+def small_lens():
+    """The microscope optics on a 160 x 192 field (strong variation over a small frame)."""
+    d = psfsim.load_lens("microscope").to_dict()
+    d["field"]["shape_px"] = [160, 192]
+    return psfsim.lens_from_dict(d)
+
+
+def _spec(lens, **kw):
+    base = dict(lens=lens.to_dict(), source="cells", n=10, size=(48, 64), seed=5, photons=None, read_noise=0.0)
+    base.update(kw)
+    return SimulationSpec(**base)
+
+
+def test_window_blur_equals_crop_of_blurred_frame(small_lens):
+    """A sample's blurred window (with the light from around it) equals the crop of the whole blurred frame."""
+    spec = _spec(small_lens)
+    ctx = _Context(spec)
+    H, W = small_lens.field.shape_px
+    m = ctx.margin
+    for i, origin in enumerate([(0, 0), (37, 50), (160 - 48, 192 - 64)]):
+        s = make_sample(ctx, i, origin)
+        # rebuild the same source region and paste it into an otherwise dark frame
+        rng_src = np.random.default_rng(np.random.SeedSequence([spec.seed, i, 0]).spawn(2)[0])
+        src = parse_source("cells").sample((48 + 2 * m, 64 + 2 * m), rng_src)
+        frame = np.zeros((H + 2 * m, W + 2 * m))
+        frame[origin[0] : origin[0] + 48 + 2 * m, origin[1] : origin[1] + 64 + 2 * m] = src
+        frame = frame[m : m + H, m : m + W]
+        frame /= frame[max(0, origin[0] - m) : origin[0] + 48 + m, max(0, origin[1] - m) : origin[1] + 64 + m].max()
+        full = lowrank_basis(small_lens).operator((H, W), (0, 0))(frame.astype(np.float32))
+        crop = full[origin[0] : origin[0] + 48, origin[1] : origin[1] + 64]
+        np.testing.assert_allclose(s["blurred"], crop, atol=2e-6)
+        np.testing.assert_allclose(s["sharp"], frame[origin[0] : origin[0] + 48, origin[1] : origin[1] + 64], atol=1e-6)
+
+
+def test_simulate_store_layout_and_metadata(small_lens, tmp_path):
+    spec = _spec(small_lens, photons=300.0, read_noise=1.5, source="cells,stars,beams")
+    out = tmp_path / "d.zarr"
+    res = simulate(spec, out, progress=False, command="psfsim simulate (test)")
+    assert res["complete"] and res["samples_written"] == 10
+    g = zarr.open_group(str(out), mode="r")
+    for k in ("sharp", "blurred", "wiener", "wiener_sv"):
+        a = g[k]
+        assert a.shape == (10, 48, 64) and a.dtype == np.float32 and a.chunks == (1, 48, 64)
+        assert np.all(np.isfinite(a[:]))
+    assert g["sharp"][:].max() <= 1.0 + 1e-6 and g["sharp"][:].min() >= 0
+    assert g["origin"].shape == (10, 2)
+    np.testing.assert_array_equal(g["origin"][:], sample_origins(spec, (160, 192), range(10)))
+    assert g["psf_grid"].ndim == 4 and g["psf_grid_x"].shape == g["psf_grid"].shape[:2]
+    a = g.attrs
+    assert a["complete"] is True and a["spec"]["seed"] == 5 and a["spec"]["photons"] == 300.0
+    assert psfsim.lens_from_dict(a["spec"]["lens"]).name == small_lens.name  # the lens can be rebuilt
+    assert sorted(a["splits"]["train"] + a["splits"]["val"] + a["splits"]["test"]) == list(range(10))
+    assert a["psfsim_version"] == psfsim.__version__ and "created" in a and "normalisation" in a
+    # the noisy sample has the Poisson-Gaussian variance around its mean (seeded)
+    assert not np.array_equal(g["blurred"][0], g["sharp"][0])
+
+
+def test_resume_is_bit_exact(small_lens, tmp_path):
+    spec = _spec(small_lens, n=12, photons=200.0)
+    ref = tmp_path / "ref.zarr"
+    simulate(spec, ref, progress=False)
+    part = tmp_path / "part.zarr"
+    r = simulate(spec, part, progress=False, max_blocks=1)  # "killed" after the first block
+    assert not r["complete"]
+    with pytest.raises(psfsim.PsfsimError, match="incomplete dataset.*running the same command"):
+        open_dataset(part)
+    r = simulate(spec, part, progress=False)
+    assert r["complete"] and r["samples_written"] == 12 - zarr.open_group(str(part)).attrs["block"]
+    a, b = zarr.open_group(str(ref)), zarr.open_group(str(part))
+    for k in ("sharp", "blurred", "wiener", "wiener_sv", "origin"):
+        np.testing.assert_array_equal(a[k][:], b[k][:])
+
+
+def test_parallel_workers_give_the_same_dataset(small_lens, tmp_path):
+    spec = _spec(small_lens, n=8, size=(32, 32), photons=100.0)
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+    simulate(spec, one, progress=False, workers=1)
+    simulate(spec, two, progress=False, workers=2)
+    np.testing.assert_array_equal(zarr.open_group(str(one))["blurred"][:], zarr.open_group(str(two))["blurred"][:])
+
+
+def test_different_arguments_refused_unless_overwrite(small_lens, tmp_path):
+    out = tmp_path / "d.zarr"
+    simulate(_spec(small_lens, n=4), out, progress=False)
+    before = zarr.open_group(str(out))["sharp"][:]
+    with pytest.raises(psfsim.PsfsimError, match="different arguments"):
+        simulate(_spec(small_lens, n=4, seed=6), out, progress=False)
+    np.testing.assert_array_equal(zarr.open_group(str(out))["sharp"][:], before)
+    simulate(_spec(small_lens, n=4, seed=6), out, progress=False, overwrite=True)
+    assert zarr.open_group(str(out)).attrs["spec"]["seed"] == 6
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(n=0), "--n"),
+    (dict(size=(161, 64)), "larger than the lens field"),
+    (dict(source="nowhere/dir"), "not a folder"),
+    (dict(source="skimage:nonexistent"), "unknown bundled"),
+    (dict(split=(0.5, 0.2, 0.2)), "--split"),
+])
+def test_bad_input(small_lens, tmp_path, kw, msg):
+    with pytest.raises(psfsim.PsfsimError, match=msg):
+        simulate(_spec(small_lens, **kw), tmp_path / "d.zarr", progress=False)
+    assert not (tmp_path / "d.zarr").exists()
+
+
+def test_folder_sources(small_lens, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(psfsim.PsfsimError, match="no image"):
+        simulate(_spec(small_lens, source=str(empty)), tmp_path / "a.zarr", progress=False)
+    small = tmp_path / "small"
+    small.mkdir()
+    np.save(small / "a.npy", np.ones((20, 20)))
+    with pytest.raises(psfsim.PsfsimError, match="smaller than the sample region"):
+        simulate(_spec(small_lens, source=str(small)), tmp_path / "b.zarr", progress=False)
+    good = tmp_path / "good"
+    good.mkdir()
+    np.save(good / "a.npy", np.random.default_rng(0).random((120, 130)))
+    simulate(_spec(small_lens, source=str(good), n=3), tmp_path / "c.zarr", progress=False)
+    out = tmp_path / "file"
+    out.write_text("")
+    with pytest.raises(psfsim.PsfsimError, match="not a folder"):
+        simulate(_spec(small_lens, source=str(good), n=3), out, progress=False)
+
+
+def test_tile_origins_cover_the_field(small_lens):
+    spec = _spec(small_lens, origins="tile", n=30)
+    o = sample_origins(spec, (160, 192), range(30))
+    covered = np.zeros((160, 192), bool)
+    for r, c in o:
+        covered[r : r + 48, c : c + 64] = True
+    assert covered.all()
+
+
+def test_readers_dask_xarray_and_hdf5(small_lens, tmp_path):
+    import dask.array as da
+    import h5py
+    import xarray as xr
+
+    out = tmp_path / "d.zarr"
+    simulate(_spec(small_lens, n=4), out, progress=False)
+    x = da.from_zarr(str(out), component="blurred")
+    assert x.shape == (4, 48, 64)
+    ds = xr.open_zarr(str(out))
+    assert ds["sharp"].dims == ("sample", "y", "x")
+    h5 = export_hdf5(out, tmp_path / "d.h5")
+    with h5py.File(h5) as f:
+        np.testing.assert_array_equal(f["wiener_sv"][:], zarr.open_group(str(out))["wiener_sv"][:])
+        assert json.loads(f.attrs["spec"])["seed"] == 5 and f.attrs["complete"]
+
+
+def test_cli_simulate_info_export(tmp_path):
+    out = tmp_path / "d.zarr"
+    lens = tmp_path / "lens.toml"
+    lens.write_text('name = "t"\n[optics]\nwavelength_nm = 520.0\nna = 0.4\npixel_pitch_um = 0.325\n'
+                    '[field]\nshape_px = [96, 96]\n[psf]\nsize_px = 33\n[seidel]\nW220 = 0.6\n')
+    cmd = [sys.executable, "-m", "psfsim.cli"]
+    r = subprocess.run(cmd + ["simulate", "--lens", str(lens), "--source", "stars", "--n", "6", "--size", "32,32",
+                              "--out", str(out), "--photons", "100"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "samples/s" in r.stdout
+    r = subprocess.run(cmd + ["info", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and "wiener_sv" in r.stdout and "complete        yes" in r.stdout
+    r = subprocess.run(cmd + ["simulate", "--lens", str(lens), "--source", "stars", "--n", "0", "--out", str(tmp_path / "x.zarr")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--n" in r.stderr
+    r = subprocess.run(cmd + ["export", str(out), "--to", str(tmp_path / "d.h5")], capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "d.h5").exists()
