@@ -147,9 +147,9 @@ def cmd_simulate(args) -> int:
                           photons=args.photons, read_noise=args.read_noise or 0.0, split=split, origins=args.origins)
     command = "psfsim " + " ".join(shlex.quote(a) for a in args._argv)
     res = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=True, command=command)
-    total = res["compute_s"] + res["write_s"]
-    share = (f" (compute {100 * res['compute_s'] / total:.0f} %, write {100 * res['write_s'] / total:.0f} % of worker time)"
-             if total > 0 else "")
+    st = res["stage_seconds"]
+    total = sum(st.values())
+    share = (" (worker time: " + ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in st.items()) + ")") if total > 0 else ""
     print(f"{res['samples_written']} samples written in {res['elapsed_s']:.1f} s: {res['rate']:.1f} samples/s{share}; "
           f"{'complete' if res['complete'] else 'INCOMPLETE'} -> {args.out}")
     return 0
