@@ -9,6 +9,11 @@ The public API (``import psfsim`` stays light: no torch, no dask):
 >>> grid = lens.psf_grid(5, 5)                       # grid.psfs: (5, 5, 33, 33)
 >>> psfsim.field_coords(lens, origin=(0, 0), shape=(64, 64)).shape
 (2, 64, 64)
+>>> op = psfsim.make_operator(lens, shape=(256, 256), origin=(0, 0))   # fast blur, with op.adjoint
+>>> blurred = psfsim.blur(image, lens, origin=(0, 0))                  # one-off
+>>> noisy = psfsim.NoiseModel(photons=1000, read_noise=2).apply(blurred, np.random.default_rng(0))
+>>> restored = psfsim.sv_wiener(noisy, lens, origin=(0, 0))
+>>> psfsim.simulate(psfsim.SimulationSpec(...), "data.zarr")          # a training dataset
 """
 
 from ._version import __version__
@@ -27,6 +32,10 @@ from .lens import (
     preset_names,
 )
 from .psf import PSFEngine, PSFGrid, psf_grid
+from .dataset import SimulationSpec, open_dataset, simulate
+from .noise import NoiseModel
+from .operators import ExactOperator, LowRankBasis, LowRankOperator, blur, lowrank_basis, make_operator
+from .restore import richardson_lucy, sv_wiener, wiener
 from .zernike import ansi_to_nm, nm_to_ansi, nm_to_noll, noll_to_nm, zernike, zernike_noll
 
 __all__ = [
@@ -50,6 +59,19 @@ __all__ = [
     "PSFEngine",
     "PSFGrid",
     "psf_grid",
+    "SimulationSpec",
+    "open_dataset",
+    "simulate",
+    "NoiseModel",
+    "ExactOperator",
+    "LowRankBasis",
+    "LowRankOperator",
+    "blur",
+    "lowrank_basis",
+    "make_operator",
+    "richardson_lucy",
+    "sv_wiener",
+    "wiener",
     "noll_to_nm",
     "nm_to_noll",
     "ansi_to_nm",

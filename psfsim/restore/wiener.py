@@ -42,9 +42,13 @@ def psf_tf(psf: np.ndarray, shape, fft) -> np.ndarray:
     """
     psf = np.asarray(psf)
     k0, k1 = psf.shape[-2:]
+    c0, c1 = k0 // 2, k1 // 2
     big = np.zeros(psf.shape[:-2] + tuple(shape), psf.dtype)
-    big[..., :k0, :k1] = psf
-    big = np.roll(big, (-(k0 // 2), -(k1 // 2)), axis=(-2, -1))
+    # the centred PSF wrapped around pixel (0, 0): four quadrants, no full-size roll
+    big[..., : k0 - c0, : k1 - c1] = psf[..., c0:, c1:]
+    big[..., : k0 - c0, shape[1] - c1 :] = psf[..., c0:, :c1]
+    big[..., shape[0] - c0 :, : k1 - c1] = psf[..., :c0, c1:]
+    big[..., shape[0] - c0 :, shape[1] - c1 :] = psf[..., :c0, :c1]
     return fft.rfft2(big)
 
 
@@ -99,14 +103,16 @@ def regulariser_tf2(reg: str, shape, fft, dtype=np.float32):
         return None
     if reg == "gradient":
         return gradient_tf2(shape, dtype)
-    if reg == "laplacian":
-        return (np.abs(laplacian_tf(shape, fft, dtype)) ** 2).astype(dtype)
+    if reg == "laplacian":  # analytic: L(f) = 4 - 2 cos(2 pi fy) - 2 cos(2 pi fx), real
+        fy = np.fft.fftfreq(shape[0])[:, None]
+        fx = np.fft.rfftfreq(shape[1])[None, :]
+        return ((4 - 2 * np.cos(2 * np.pi * fy) - 2 * np.cos(2 * np.pi * fx)) ** 2).astype(dtype)
     raise PsfsimError(f"reg = {reg!r}: expected one of {', '.join(REGULARISERS)}")
 
 
 def wiener_filter(H: np.ndarray, balance: float, R2: np.ndarray | None) -> np.ndarray:
     """The Wiener filter ``conj(H) / (|H|^2 + balance |R|^2)`` (``R2 = |R|^2``; ``None``: identity)."""
-    reg = balance if R2 is None else balance * R2
+    reg = np.float32(balance) if R2 is None else np.float32(balance) * R2
     return np.conj(H) / (H.real**2 + H.imag**2 + reg)
 
 
@@ -174,8 +180,15 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
         big = np.pad(big, ((0, 0), (0, extra[0]), (0, extra[1])), mode="symmetric")
         shape = fast
     Hf = psf_tf(psf, shape, fft)
-    G = wiener_filter(Hf, bal, regulariser_tf2(reg, shape, fft, dtype)).astype(np.result_type(dtype, np.complex64))
-    out = fft.irfft2(fft.rfft2(big) * G, s=shape)
+    R2 = regulariser_tf2(reg, shape, fft, dtype)
+    # X = Y conj(H) / (|H|^2 + balance |R|^2), in place on the image's transform
+    denom = Hf.real**2
+    denom += Hf.imag**2
+    denom += np.float32(bal) if R2 is None else np.float32(bal) * R2
+    Y = fft.rfft2(big)
+    Y *= np.conj(Hf)
+    Y /= denom
+    out = fft.irfft2(Y, s=shape)
     H, W = img.shape[-2:]
     out = out[:, pad : pad + H, pad : pad + W].astype(dtype, copy=False)
     if clip:
