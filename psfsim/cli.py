@@ -146,7 +146,9 @@ def cmd_simulate(args) -> int:
     spec = SimulationSpec(lens=lens.to_dict(), source=args.source, n=args.n, size=size, seed=args.seed,
                           photons=args.photons, read_noise=args.read_noise or 0.0, split=split, origins=args.origins)
     command = "psfsim " + " ".join(shlex.quote(a) for a in args._argv)
-    res = simulate(spec, args.out, workers=args.workers, overwrite=args.overwrite, progress=True, command=command)
+    from .fft import default_workers
+
+    res = simulate(spec, args.out, workers=args.workers or default_workers(), overwrite=args.overwrite, progress=True, command=command)
     st = res["stage_seconds"]
     total = sum(st.values())
     share = (" (worker time: " + ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in st.items()) + ")") if total > 0 else ""
@@ -331,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--photons", type=float, help="photo-electrons at value 1.0 (Poisson noise)")
     sp.add_argument("--read-noise", type=float, help="Gaussian read noise, electrons RMS")
     sp.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    sp.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    sp.add_argument("--workers", type=int, default=None, help="processes (default: the number of CPU cores)")
     sp.add_argument("--overwrite", action="store_true", help="replace a store written with other arguments")
     sp.set_defaults(func=cmd_simulate)
 
