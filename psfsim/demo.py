@@ -39,6 +39,19 @@ def field_filling_image(name: str, shape) -> np.ndarray:
     return big / big.max()
 
 
+def _busiest_crop(img: np.ndarray, origin, region: int, c: int):
+    """The ``c x c`` crop with the most detail (gradient energy) inside ``region x region`` at ``origin``."""
+    r0, c0 = origin
+    g = np.hypot(*np.gradient(img[r0 : r0 + region, c0 : c0 + region].astype(np.float64)))
+    best, pos = -1.0, (0, 0)
+    for r in range(0, region - c + 1, 16):
+        for q in range(0, region - c + 1, 16):
+            e = float(g[r : r + c, q : q + c].sum())
+            if e > best:
+                best, pos = e, (r, q)
+    return (slice(r0 + pos[0], r0 + pos[0] + c), slice(c0 + pos[1], c0 + pos[1] + c))
+
+
 def restore_step(lens, out: Path, image_name: str = "camera", photons: float = 10000.0, read_noise: float = 2.0) -> dict:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -69,8 +82,8 @@ def restore_step(lens, out: Path, image_name: str = "camera", photons: float = 1
     H, W = shape
     c = 160
     crops = {
-        "centre": (slice(H // 2 - c // 2, H // 2 + c // 2), slice(W // 2 - c // 2, W // 2 + c // 2)),
-        "corner": (slice(24, 24 + c), slice(24, 24 + c)),
+        "centre": _busiest_crop(sharp, (H // 2 - 256, W // 2 - 256), 512, c),
+        "corner": _busiest_crop(sharp, (24, 24), 384, c),
     }
     scores, table = {}, {}
     print(f"  {'':22s} {'PSNR':>7s} {'SSIM':>6s} {'PSNR corner':>12s} {'PSNR centre':>12s}")
@@ -94,6 +107,7 @@ def dataset_step(lens, out: Path, n: int = 300, size=(128, 128), workers: int = 
 
     spec = SimulationSpec(lens=lens.to_dict(), source="skimage:cell,cells", n=n, size=size, seed=SEED,
                           photons=2000.0, read_noise=2.0)
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "dataset.zarr"
     res = simulate(spec, path, workers=workers, overwrite=True, progress=True,
                    command=f"python -m psfsim.demo --out {out.parent}")
