@@ -81,6 +81,10 @@ def test_resume_is_bit_exact(small_lens, tmp_path):
     assert not r["complete"]
     with pytest.raises(psfsim.PsfsimError, match="incomplete dataset.*running the same command"):
         open_dataset(part)
+    from psfsim.dataset import dataset_summary
+
+    with pytest.raises(psfsim.PsfsimError, match="incomplete dataset"):  # psfsim info refuses it too
+        dataset_summary(part)
     r = simulate(spec, part, progress=False)
     assert r["complete"] and r["samples_written"] == 12 - zarr.open_group(str(part)).attrs["block"]
     a, b = zarr.open_group(str(ref)), zarr.open_group(str(part))
