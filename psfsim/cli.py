@@ -137,6 +137,9 @@ def cmd_simulate(args) -> int:
     from .dataset import SimulationSpec, simulate
     from .lens import load_lens
 
+    _check_noise_args(args)
+    if args.workers is not None and args.workers < 1:
+        raise PsfsimError(f"--workers {args.workers}: expected >= 1")
     lens = load_lens(args.lens)
     size = _pair(args.size, int, "--size") if args.size else tuple(lens.field.shape_px)
     try:
@@ -207,9 +210,20 @@ def _write_with_record(out: Path, array, record: dict) -> None:
     record = {"psfsim_version": __version__, **record}
     side = out.with_name(out.name + ".json")
     tmp = atomic_path(side)
-    tmp.write_text(json.dumps(record, indent=2, default=float))
-    write_array(out, array)
-    tmp.replace(side)
+    try:
+        tmp.write_text(json.dumps(record, indent=2, default=float))
+        write_array(out, array)
+        tmp.replace(side)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_noise_args(args) -> None:
+    if args.seed < 0:
+        raise PsfsimError(f"--seed {args.seed}: expected a whole number >= 0")
+    if args.read_noise is not None and args.photons is None:
+        raise PsfsimError("--read-noise is in electrons: give --photons too (the electrons at the peak value)")
 
 
 def cmd_blur(args) -> int:
@@ -219,6 +233,7 @@ def cmd_blur(args) -> int:
     lens, image, origin, out = _load_window(args)
     if args.rank is not None and args.rank < 1:
         raise PsfsimError(f"--rank {args.rank}: expected >= 1")
+    _check_noise_args(args)
     noise = NoiseModel(photons=args.photons, read_noise=args.read_noise or 0.0)
     op = make_operator(lens, image.shape, origin, method="exact" if args.exact else "fast", rank=args.rank)
     blurred = op(image)
@@ -382,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # a file system refusal (permissions, full disk, ...) is the user's to fix
         print(f"psfsim: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # a value the checks above missed: still one line, never a traceback
+        print(f"psfsim: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("psfsim: interrupted", file=sys.stderr)

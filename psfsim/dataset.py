@@ -106,7 +106,9 @@ def validate_spec(spec: SimulationSpec):
         raise PsfsimError(f"--size {h},{w}: expected at least 8,8")
     if h > H or w > W:
         raise PsfsimError(f"--size {h},{w} is larger than the lens field {H},{W}")
-    if len(spec.split) != 3 or any(s < 0 for s in spec.split) or abs(sum(spec.split) - 1) > 1e-6:
+    if int(spec.seed) != spec.seed or spec.seed < 0:
+        raise PsfsimError(f"--seed {spec.seed}: expected a whole number >= 0")
+    if len(spec.split) != 3 or not all(np.isfinite(s) and s >= 0 for s in spec.split) or abs(sum(spec.split) - 1) > 1e-6:
         raise PsfsimError(f"--split {','.join(str(s) for s in spec.split)}: expected three fractions >= 0 summing to 1")
     if spec.origins not in ("random", "tile"):
         raise PsfsimError(f"--origins {spec.origins!r}: expected 'random' or 'tile'")
@@ -263,14 +265,27 @@ def _block_size(spec: SimulationSpec) -> int:
 
 
 def _create_store(path: Path, spec: SimulationSpec, lens, source, command: str) -> None:
-    """Create the group and its arrays in a temporary folder, then rename: never a half-created store."""
+    """Create the group and its arrays in a temporary folder, then swap it in for ``path`` (which, if it
+    exists, is a psfsim dataset being overwritten): never a half-created store, and the old one is only
+    removed once the new one is ready."""
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        _populate_store(tmp, spec, lens, source, command)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str) -> None:
     import zarr
 
     from .operators import lowrank_basis
 
-    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     n = spec.n
     h, w = spec.size
     block = _block_size(spec)
@@ -317,7 +332,6 @@ def _create_store(path: Path, spec: SimulationSpec, lens, source, command: str) 
         "complete": False,
     })
     del d
-    os.replace(tmp, path)
 
 
 def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, overwrite: bool = False,
@@ -343,18 +357,20 @@ def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, 
         raise PsfsimError(f"--out {out}: folder {out.parent} does not exist")
     if workers < 1:
         raise PsfsimError(f"--workers {workers}: expected >= 1")
-    if out.exists():
+    fresh = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    if not fresh:
         try:
-            g = zarr.open_group(str(out), mode="r")
-            old = g.attrs.get("spec")
+            attrs = zarr.open_group(str(out), mode="r").attrs
+            is_dataset, old = attrs.get("format") == "psfsim-dataset/1", attrs.get("spec")
         except Exception:
-            old = None
+            is_dataset, old = False, None
+        if not is_dataset:  # never delete a folder that is not ours, --overwrite or not
+            raise PsfsimError(f"--out {out}: exists and is not a psfsim dataset; nothing was changed (choose another path)")
         if old != spec.to_json():
             if not overwrite:
-                what = "was written with different arguments" if old is not None else "is not a psfsim dataset"
-                raise PsfsimError(f"{out} {what}; nothing was changed (use --overwrite to replace it)")
-            shutil.rmtree(out)
-    if not out.exists():
+                raise PsfsimError(f"{out} was written with different arguments; nothing was changed (use --overwrite to replace it)")
+            fresh = True
+    if fresh:
         _create_store(out, spec, lens, source, command)
     g = zarr.open_group(str(out), mode="r+")
     block = int(g.attrs["block"])
@@ -381,14 +397,20 @@ def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, 
             from concurrent.futures import ProcessPoolExecutor, as_completed
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
-                                     initargs=(spec.to_json(),)) as ex:
+            ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                                     initargs=(spec.to_json(),))
+            try:
                 futs = [ex.submit(_run_block, str(out), b, block) for b in todo]
                 for f in as_completed(futs):
                     _, k, st = f.result()
                     for key, v in st.items():
                         stats[key] = stats.get(key, 0.0) + v
                     bar.update(k)
+            except BaseException:
+                # interrupted or failed: drop the queued blocks (finished ones stay; a re-run resumes)
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise
+            ex.shutdown(wait=True)
     elapsed = time.perf_counter() - t0
     complete = bool(np.all(g["done"][:] == 1))
     if complete and not g.attrs.get("complete"):
@@ -443,10 +465,11 @@ def dataset_summary(path, *, max_eval: int = 200) -> str:
         f"operator        rank {a['operator']['rank']}, grid {a['operator']['grid'][0]}x{a['operator']['grid'][1]}",
         f"created         {a['created']} by psfsim {a['psfsim_version']}",
     ]
-    test = a["splits"]["test"] or list(range(spec["n"]))
-    idx = test[:max_eval]
+    test = a["splits"]["test"]
+    which = "test split" if test else "all samples (empty test split)"
+    idx = (test or list(range(spec["n"])))[:max_eval]
     for k, (p, s) in baseline_scores(g, idx).items():
-        lines.append(f"{k:15s} PSNR {p:6.2f} dB  SSIM {s:.3f}  (test split, {len(idx)} samples)")
+        lines.append(f"{k:15s} PSNR {p:6.2f} dB  SSIM {s:.3f}  ({which}, {len(idx)} samples)")
     return "\n".join(lines)
 
 

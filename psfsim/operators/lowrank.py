@@ -268,11 +268,13 @@ class LowRankOperator:
         """
         key = (self.pad_shape, self.dtype.str, self.fft.name)
         cache = self.basis._kft
-        if key not in cache:
+        kft = cache.get(key)
+        if kft is None:
+            kft = self.fft.rfft2(self.basis.eigen_psfs.astype(self.dtype), s=self.pad_shape).astype(self.cdtype, copy=False)
             if len(cache) > 8:
                 cache.clear()
-            cache[key] = self.fft.rfft2(self.basis.eigen_psfs.astype(self.dtype), s=self.pad_shape).astype(self.cdtype, copy=False)
-        return cache[key]
+            cache[key] = kft
+        return kft
 
     def _k_chunks(self, batch: int):
         Hp, Wp = self.pad_shape

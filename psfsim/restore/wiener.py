@@ -42,6 +42,8 @@ def psf_tf(psf: np.ndarray, shape, fft) -> np.ndarray:
     """
     psf = np.asarray(psf)
     k0, k1 = psf.shape[-2:]
+    if shape[0] < k0 or shape[1] < k1:
+        raise PsfsimError(f"image of shape {tuple(shape)} is smaller than the PSF ({k0} x {k1}): nothing to deconvolve")
     c0, c1 = k0 // 2, k1 // 2
     big = np.zeros(psf.shape[:-2] + tuple(shape), psf.dtype)
     # the centred PSF wrapped around pixel (0, 0): four quadrants, no full-size roll
@@ -167,7 +169,8 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
     dtype = np.result_type(img.dtype, np.float32)
     img = img.astype(dtype, copy=False)
     psf = np.asarray(psf, dtype)
-    bal = resolve_balance(img, balance, noise_sigma, reg)
+    # one balance per image (the noise estimate must not depend on what else is in the batch)
+    bal = np.array([resolve_balance(im, balance, noise_sigma, reg) for im in img], np.float32)[:, None, None]
     fft = get_backend(backend)
     k = max(psf.shape)
     pad = 0 if boundary == "periodic" else k
@@ -184,7 +187,7 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
     # X = Y conj(H) / (|H|^2 + balance |R|^2), in place on the image's transform
     denom = Hf.real**2
     denom += Hf.imag**2
-    denom += np.float32(bal) if R2 is None else np.float32(bal) * R2
+    denom = denom + (bal if R2 is None else bal * R2)
     Y = fft.rfft2(big)
     Y *= np.conj(Hf)
     Y /= denom

@@ -340,3 +340,11 @@ def test_negative_field_value_without_equals_sign(capsys, tmp_path):
     rc, out, err = run_main(capsys, "psf", "--lens", "microscope", "--field", "-0.5,0.2", "--out", "p.npy")
     assert rc == 0, err
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), load_lens("microscope").psf(-0.5, 0.2))
+
+
+@pytest.mark.parametrize("extra, msg", [(["--seed", "-1", "--photons", "100"], "--seed"), (["--read-noise", "2"], "--photons")])
+def test_blur_noise_argument_errors(capsys, tmp_path, extra, msg):
+    np.save(tmp_path / "img.npy", np.ones((40, 40)))
+    rc, out, err = run_main(capsys, "blur", "--lens", "microscope", "--input", "img.npy", "--out", "b.npy", *extra)
+    assert_one_line_error(rc, err, msg)
+    assert not (tmp_path / "b.npy").exists()

@@ -188,3 +188,19 @@ def test_cli_simulate_info_export(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--n" in r.stderr
     r = subprocess.run(cmd + ["export", str(out), "--to", str(tmp_path / "d.h5")], capture_output=True, text=True)
     assert r.returncode == 0 and (tmp_path / "d.h5").exists()
+
+
+def test_never_deletes_a_folder_that_is_not_a_dataset(small_lens, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("x")
+    with pytest.raises(psfsim.PsfsimError, match="not a psfsim dataset"):
+        simulate(_spec(small_lens, n=2), precious, progress=False, overwrite=True)
+    assert (precious / "thesis.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(seed=-1), "--seed"), (dict(split=(float("nan"), 0.5, 0.5)), "--split")])
+def test_bad_seed_or_split_leaves_nothing(small_lens, tmp_path, kw, msg):
+    with pytest.raises(psfsim.PsfsimError, match=msg):
+        simulate(_spec(small_lens, **kw), tmp_path / "d.zarr", progress=False)
+    assert list(tmp_path.iterdir()) == []

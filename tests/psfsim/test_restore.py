@@ -121,3 +121,20 @@ def test_richardson_lucy_spatially_varying():
     assert psnr(img[inner], r30.image[inner], data_range=1) > psnr(img[inner], r10.image[inner], data_range=1)
     stop = richardson_lucy(y, op, iters=200, tol=5e-3)
     assert stop.converged and stop.iterations < 200 and stop.last_change < 5e-3
+
+
+def test_batched_wiener_equals_one_by_one():
+    """Each image of a batch gets its own noise-derived balance."""
+    lens = make_lens(zernike=[{"noll": 4, "rms_waves": 0.15}])
+    psf = lens.psf(0, 0)
+    rng = np.random.default_rng(8)
+    a = _camera() + rng.normal(0, 0.05, (128, 128))
+    b = 0.1 * _camera()[::-1] + rng.normal(0, 0.002, (128, 128))
+    both = wiener(np.stack([a, b]), psf)
+    np.testing.assert_allclose(both[1], wiener(b, psf), atol=1e-6)
+    np.testing.assert_allclose(both[0], wiener(a, psf), atol=1e-6)
+
+
+def test_wiener_refuses_an_image_smaller_than_the_psf():
+    with pytest.raises(psfsim.PsfsimError, match="smaller than the PSF"):
+        wiener(np.ones((20, 20)), make_lens().psf(0, 0), boundary="periodic", balance=0.1)
