@@ -140,6 +140,26 @@ def resolve_balance(image: np.ndarray, balance: float | None, noise_sigma: float
     return max(sigma**2 / max(float(np.var(img)), 1e-12), 1e-8)
 
 
+_TRANSFER_CACHE: dict = {}
+
+
+def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
+    """``conj(H)``, ``|H|^2`` and ``|R|^2`` on a grid, cached by PSF content and grid (the same PSF is applied to
+    many images: dataset samples, pipeline tiles), so repeated calls cost two transforms, not three."""
+    import hashlib
+
+    key = (hashlib.sha1(np.ascontiguousarray(psf).tobytes()).hexdigest(), psf.shape, psf.dtype.str, tuple(shape),
+           fft.name, reg, np.dtype(dtype).str)
+    hit = _TRANSFER_CACHE.get(key)
+    if hit is None:
+        Hf = psf_tf(psf, shape, fft)
+        hit = (np.conj(Hf), (Hf.real**2 + Hf.imag**2).astype(dtype), regulariser_tf2(reg, shape, fft, dtype))
+        if len(_TRANSFER_CACHE) >= 8:
+            _TRANSFER_CACHE.clear()
+        _TRANSFER_CACHE[key] = hit
+    return hit
+
+
 def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, noise_sigma: float | None = None,
            reg: str = "gradient", boundary: str = "reflect", backend: str | None = None, clip: bool = False) -> np.ndarray:
     """Deconvolve ``image`` ``(H, W)`` or ``(B, H, W)`` by one centred ``psf`` ``(k, k)``.
@@ -182,14 +202,11 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
         extra = (fast[0] - shape[0], fast[1] - shape[1])
         big = np.pad(big, ((0, 0), (0, extra[0]), (0, extra[1])), mode="symmetric")
         shape = fast
-    Hf = psf_tf(psf, shape, fft)
-    R2 = regulariser_tf2(reg, shape, fft, dtype)
+    Hc, H2, R2 = _transfer(psf, shape, fft, reg, dtype)
     # X = Y conj(H) / (|H|^2 + balance |R|^2), in place on the image's transform
-    denom = Hf.real**2
-    denom += Hf.imag**2
-    denom = denom + (bal if R2 is None else bal * R2)
+    denom = H2 + (bal if R2 is None else bal * R2)
     Y = fft.rfft2(big)
-    Y *= np.conj(Hf)
+    Y *= Hc
     Y /= denom
     out = fft.irfft2(Y, s=shape)
     H, W = img.shape[-2:]
