@@ -78,7 +78,6 @@ def sv_wiener(image: np.ndarray, lens, origin=(0, 0), *, patch: int = 64, balanc
     ph, pw = min(patch, H), min(patch, W)
     k = lens.psf_sampling.size_px
     m = k  # context margin
-    bal = resolve_balance(img, balance, noise_sigma, reg)
     fft = get_backend(backend)
     padded = np.pad(img, m, mode="symmetric")
     rs, cs = patch_starts(H, ph), patch_starts(W, pw)
@@ -91,6 +90,7 @@ def sv_wiener(image: np.ndarray, lens, origin=(0, 0), *, patch: int = 64, balanc
         psfs = lens.psfs(x, y).astype(dtype)
     else:
         psfs = np.asarray(psf_at(rows, cols), dtype)
+    bal = resolve_balance(img, balance, noise_sigma, reg)
     shape = (fft.next_fast_len(ph + 2 * m, True), fft.next_fast_len(pw + 2 * m, True))
     R = regulariser_tf2(reg, shape, fft, dtype)
     # taper of the context margin (raised cosine from the core edge to the tile edge)

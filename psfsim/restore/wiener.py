@@ -118,8 +118,20 @@ def wiener_filter(H: np.ndarray, balance: float, R2: np.ndarray | None) -> np.nd
     return np.conj(H) / (H.real**2 + H.imag**2 + reg)
 
 
-def resolve_balance(image: np.ndarray, balance: float | None, noise_sigma: float | None, reg: str = "gradient") -> float:
-    """``balance`` as given, else the noise-to-signal ratio for the regulariser (sigma estimated if absent)."""
+def resolve_balance(image: np.ndarray, balance: float | None, noise_sigma: float | None, reg: str = "gradient",
+                    psf_energy: float = 1.0) -> float:
+    """``balance`` as given, else the noise-to-signal ratio for the regulariser (sigma estimated if absent).
+
+    With the prior ``P_x(f) = c / |R(f)|^2`` the blurred, noisy data obey
+    ``mean |R y|^2 = c mean_f |H|^2 + sigma^2 mean_f |R|^2``, and ``mean_f |H|^2 = sum(psf^2)`` (Parseval), so
+    ``c = (mean |R y|^2 - sigma^2 mean |R|^2) / sum(psf^2)`` and ``balance = sigma^2 / c``.
+    ``psf_energy`` is ``sum(psf^2)``. The library's callers leave it at 1, i.e. estimate ``c`` from the
+    blurred data as if it were sharp: this regularises ~1/sum(psf^2) (~10x) more than the prior says, which
+    measured better whenever the image is smoother than ``1/f^2`` or the filter's single PSF differs from the
+    local one (mean PSNR of global Wiener on 6 windows at random field positions, microscope, 2000 photons:
+    skimage cell 26.9 vs 24.5 dB, procedural cells 40.3 vs 37.5, camera 27.1 vs 26.6; star fields were
+    1.2 dB better with the exact prior: 44.9 vs 46.2). Pass ``psf_energy`` for the textbook value.
+    """
     if balance is not None:
         if not (np.isfinite(balance) and balance > 0):
             raise PsfsimError(f"balance = {balance!r}: expected a number > 0")
@@ -131,13 +143,14 @@ def resolve_balance(image: np.ndarray, balance: float | None, noise_sigma: float
     sigma = max(sigma, 1e-3 * float(np.std(img)) + 1e-12)  # a noiseless image still needs a little regularisation
     if reg == "gradient":
         g2 = float(np.mean(np.diff(img, axis=0) ** 2) + np.mean(np.diff(img, axis=1) ** 2))
-        c = max(g2 - 4 * sigma**2, 0.05 * g2, 1e-12)
+        c = max(g2 - 4 * sigma**2, 0.05 * g2, 1e-12) / psf_energy
         return sigma**2 / c
     if reg == "laplacian":
         l2 = float(np.mean((4 * img[1:-1, 1:-1] - img[:-2, 1:-1] - img[2:, 1:-1] - img[1:-1, :-2] - img[1:-1, 2:]) ** 2))
-        c = max(l2 - 20 * sigma**2, 0.05 * l2, 1e-12)
+        c = max(l2 - 20 * sigma**2, 0.05 * l2, 1e-12) / psf_energy
         return sigma**2 / c
-    return max(sigma**2 / max(float(np.var(img)), 1e-12), 1e-8)
+    var = max(float(np.var(img)) - sigma**2, 0.05 * float(np.var(img)), 1e-12) / psf_energy
+    return max(sigma**2 / var, 1e-8)
 
 
 _TRANSFER_CACHE: dict = {}
