@@ -297,20 +297,14 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str)
     a = g.create_array("origin", shape=(n, 2), dtype="int32", chunks=(n, 2), dimension_names=("sample", "rc"))
     a[:] = origins.astype(np.int32)
     basis = lowrank_basis(lens, tol=spec.tol)
-    k = lens.psf_sampling.size_px
-    ny, nx = len(basis.rows), len(basis.cols)
-    grid = (basis.coeffs.reshape(ny * nx, -1) @ basis.eigen_psfs.reshape(basis.rank, -1)).reshape(ny, nx, k, k)
-    from .psf import psf_grid as _unused  # noqa: F401  (documented origin of the grid)
-
     rr, cc = np.meshgrid(basis.rows, basis.cols, indexing="ij")
     gx, gy = lens.field.pixel_to_field(rr, cc)
-    exact_grid = lens.psfs(gx.ravel(), gy.ravel()).reshape(ny, nx, k, k)
-    g.create_array("psf_grid", data=exact_grid.astype(np.float32), dimension_names=("gy", "gx", "ky", "kx"))
+    g.create_array("psf_grid", data=basis.node_psfs.astype(np.float32), dimension_names=("gy", "gx", "ky", "kx"))
     g.create_array("psf_grid_x", data=gx.astype(np.float32), dimension_names=("gy", "gx"))
     g.create_array("psf_grid_y", data=gy.astype(np.float32), dimension_names=("gy", "gx"))
     nb = -(-n // block)
-    d = g.create_array("done", shape=(nb,), dtype="uint8", chunks=(1,), fill_value=0, dimension_names=("block",))
-    del grid
+    g.create_array("done", shape=(nb,), dtype="uint8", chunks=(1,), fill_value=0, dimension_names=("block",))
+    ny, nx = len(basis.rows), len(basis.cols)
     g.attrs.update({
         "format": "psfsim-dataset/1",
         "spec": spec.to_json(),
@@ -331,7 +325,6 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str)
         "command": command,
         "complete": False,
     })
-    del d
 
 
 def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, overwrite: bool = False,
@@ -378,12 +371,16 @@ def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, 
     todo = [int(b) for b in np.nonzero(done == 0)[0]]
     if max_blocks is not None:
         todo = todo[:max_blocks]
-    n_todo = sum(min((b + 1) * block, spec.n) - b * block for b in todo)
+    def block_len(b):
+        return min((b + 1) * block, spec.n) - b * block
+
+    n_todo = sum(block_len(b) for b in todo)
+    n_missing = sum(block_len(int(b)) for b in np.nonzero(done == 0)[0])
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     stats: dict = {}
-    with tqdm(total=spec.n, initial=spec.n - int(sum(min((b + 1) * block, spec.n) - b * block for b in np.nonzero(done == 0)[0])),
+    with tqdm(total=spec.n, initial=spec.n - n_missing,
               desc="simulate", unit="sample", disable=not progress, file=sys.stderr) as bar:
         if workers == 1:
             if _CTX is None or _CTX.spec != spec:

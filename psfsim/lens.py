@@ -277,20 +277,23 @@ class Lens:
 
         return psf_grid(self, ny, nx)
 
+    def _per_point(self, method: str, x, y) -> np.ndarray:
+        """Evaluate an engine method ``(B,) -> (B,)`` at field points of any shape; result has ``x``'s shape."""
+        x = np.asarray(x, float)
+        y = np.broadcast_to(np.asarray(y, float), x.shape)
+        return getattr(self._engine, method)(np.atleast_1d(x).ravel(), np.atleast_1d(y).ravel()).reshape(x.shape)
+
     def strehl(self, x, y) -> np.ndarray:
         """Strehl ratio at field points (peak intensity over the aberration-free peak), shape of ``x``."""
-        x = np.asarray(x, float)
-        return self._engine.strehl(np.atleast_1d(x).ravel(), np.atleast_1d(np.asarray(y, float)).ravel()).reshape(x.shape)
+        return self._per_point("strehl", x, y)
 
     def fwhm_px(self, x, y) -> np.ndarray:
         """Equivalent-area FWHM in pixels at field points: ``2 sqrt(A / pi)``, ``A`` the area above half peak."""
-        x = np.asarray(x, float)
-        return self._engine.fwhm_px(np.atleast_1d(x).ravel(), np.atleast_1d(np.asarray(y, float)).ravel()).reshape(x.shape)
+        return self._per_point("fwhm_px", x, y)
 
     def energy_outside(self, x, y) -> np.ndarray:
         """Fraction of each PSF's energy that falls outside the ``size_px`` box, shape of ``x``."""
-        x = np.asarray(x, float)
-        return self._engine.energy_outside(np.atleast_1d(x).ravel(), np.atleast_1d(np.asarray(y, float)).ravel()).reshape(x.shape)
+        return self._per_point("energy_outside", x, y)
 
     def wavefront_waves(self, x: float, y: float, rho, theta) -> np.ndarray:
         """Wavefront aberration ``W(rho, theta)`` in waves (at the reference wavelength) at field point ``(x, y)``."""

@@ -40,7 +40,7 @@ def annular_pupil(coords: np.ndarray, obscuration: float, sub: int = 8) -> np.nd
     Each cell's value is the fraction of its area inside ``obscuration <= rho <= 1``, estimated with
     ``sub x sub`` sub-samples, so the discrete pupil's area and centroid match the continuous one closely.
     """
-    d = coords[1] - coords[0]
+    d = abs(coords[1] - coords[0])
     off = (np.arange(sub) + 0.5) / sub - 0.5
     fine = (coords[:, None] + off[None, :] * d).ravel()
     r = np.hypot(fine[:, None], fine[None, :])
@@ -168,18 +168,14 @@ class PSFEngine:
         # only the region |u| <= 1 (+1 cell) matters: gather it to a compact square
         sel = np.nonzero(np.abs(fr) <= 1.0 + 2 * abs(fr[1]))[0]
         c = fr[sel]
-        d = abs(fr[1])
-        off = (np.arange(8) + 0.5) / 8 - 0.5
-        fine = (c[:, None] + off[None, :] * d).ravel()
-        r = np.hypot(fine[:, None], fine[None, :])
-        amp = ((r <= 1.0) & (r >= o.obscuration)).reshape(len(c), 8, len(c), 8).mean(axis=(1, 3))
+        amp = annular_pupil(c, o.obscuration)
         mask = amp > 0
         uu, vv = np.meshgrid(c, c)
         basis = pupil_basis(self.lens, np.hypot(uu, vv)[mask], np.arctan2(vv, uu)[mask])
         # half-sample shift so the sub-pixel grid is centred like pos_um: x_n = (n - N/2 + shift) dx
-        shift = -(self.ks - 1) / 2.0 + self.ks // 2  # 0 for odd ks, -0.5 for even ks
-        ramp = np.exp(-2j * np.pi * np.outer(fr[sel], [1.0])[:, 0] * o.na / (lam_nm * 1e-3) * shift * self.dx_um)
-        setup = dict(be=be, N=N, sel=sel, amp=amp, mask=mask, basis=basis, ramp=ramp, d=d)
+        shift = -(self.ks - 1) / 2.0 + self.ks // 2  # 0 for odd ks, +0.5 for even ks
+        ramp = np.exp(-2j * np.pi * c * o.na / (lam_nm * 1e-3) * shift * self.dx_um)
+        setup = dict(be=be, N=N, sel=sel, amp=amp, mask=mask, basis=basis, ramp=ramp)
         self._fft_cache[lam_nm] = setup
         return setup
 

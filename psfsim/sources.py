@@ -96,12 +96,11 @@ class ImageListSource(Source):
         return self._cache[i]
 
     def check(self, shape) -> None:
-        ok = [i for i in range(len(self._loaders)) if min(self._image(i).shape[0] - shape[0], self._image(i).shape[1] - shape[1]) >= 0]
-        if not ok:
-            i = 0
-            raise PsfsimError(f"source {self.spec!r}: {self.names[i]} of shape {self._image(i).shape} is smaller than the "
+        shapes = [self._image(i).shape for i in range(len(self._loaders))]
+        self._usable = [i for i, s in enumerate(shapes) if s[0] >= shape[0] and s[1] >= shape[1]]
+        if not self._usable:
+            raise PsfsimError(f"source {self.spec!r}: {self.names[0]} of shape {shapes[0]} is smaller than the "
                               f"sample region {tuple(shape)} (sample size plus the PSF margin)")
-        self._usable = ok
 
     def sample(self, shape, rng):
         usable = getattr(self, "_usable", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..field import field_coords
+from .lowrank import as_image_batch
 
 __all__ = ["ExactOperator"]
 
@@ -41,25 +42,19 @@ class ExactOperator:
 
     def forward(self, m: np.ndarray) -> np.ndarray:
         """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)``; same shape and (float) dtype out."""
-        m = np.asarray(m)
-        single = m.ndim == 2
-        mb = m[None] if single else m
-        self._check(mb)
+        mb, single = as_image_batch(m, self.shape)
         H, W = self.shape
         k, c = self.k, self.k // 2
         out = np.zeros((mb.shape[0], H + k - 1, W + k - 1))
         for dy in range(k):
             for dx in range(k):
                 out[:, dy : dy + H, dx : dx + W] += mb * self.psfs[:, :, dy, dx]
-        out = out[:, c : c + H, c : c + W].astype(np.result_type(m.dtype, np.float32), copy=False)
+        out = out[:, c : c + H, c : c + W].astype(np.result_type(mb.dtype, np.float32), copy=False)
         return out[0] if single else out
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
         """Adjoint ``A^T y``: ``(A^T y)(j) = sum_i h(i - j; field(j)) y(i)``."""
-        y = np.asarray(y)
-        single = y.ndim == 2
-        yb = y[None] if single else y
-        self._check(yb)
+        yb, single = as_image_batch(y, self.shape)
         H, W = self.shape
         k, c = self.k, self.k // 2
         ypad = np.zeros((yb.shape[0], H + k - 1, W + k - 1))
@@ -68,11 +63,7 @@ class ExactOperator:
         for dy in range(k):
             for dx in range(k):
                 out += ypad[:, dy : dy + H, dx : dx + W] * self.psfs[:, :, dy, dx]
-        out = out.astype(np.result_type(y.dtype, np.float32), copy=False)
+        out = out.astype(np.result_type(yb.dtype, np.float32), copy=False)
         return out[0] if single else out
 
     __call__ = forward
-
-    def _check(self, a: np.ndarray) -> None:
-        if a.ndim != 3 or a.shape[-2:] != self.shape:
-            raise ValueError(f"expected an image of shape {self.shape} or (B, *{self.shape}), got {a.shape}")

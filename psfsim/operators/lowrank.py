@@ -25,7 +25,7 @@ from scipy.interpolate import make_interp_spline
 from ..errors import PsfsimError
 from ..fft import get_backend
 
-__all__ = ["LowRankBasis", "LowRankOperator", "spline_weights", "DEFAULT_TOL"]
+__all__ = ["LowRankBasis", "LowRankOperator", "spline_weights", "as_image_batch", "DEFAULT_TOL"]
 
 #: Default target relative error of the fast operator.
 DEFAULT_TOL = 0.01
@@ -47,6 +47,14 @@ def spline_weights(nodes: np.ndarray, at: np.ndarray) -> np.ndarray:
         return np.ones((len(at), 1))
     spl = make_interp_spline(nodes, np.eye(n), k=min(3, n - 1))
     return spl(at)
+
+
+def as_image_batch(a, shape) -> tuple[np.ndarray, bool]:
+    """``(H, W)`` or ``(B, H, W)`` -> ``((B, H, W), was_single)``; shape-checked for every numpy operator."""
+    a = np.asarray(a)
+    if a.ndim not in (2, 3) or a.shape[-2:] != tuple(shape):
+        raise ValueError(f"expected an image of shape {tuple(shape)} or (B, *{tuple(shape)}), got {a.shape}")
+    return (a[None] if a.ndim == 2 else a), a.ndim == 2
 
 
 def _grid_nodes(lens, spacing: float) -> tuple[np.ndarray, np.ndarray]:
@@ -171,12 +179,19 @@ class LowRankBasis:
             _full=dict(U=U, s=s, Vt=Vt),
         )
 
+    @property
+    def node_psfs(self) -> np.ndarray:
+        """The exact PSFs ``(ny, nx, k, k)`` at the grid nodes (the full-rank SVD, nothing recomputed)."""
+        U, s, Vt = self._full["U"], self._full["s"], self._full["Vt"]
+        k = self.lens.psf_sampling.size_px
+        return ((U * s) @ Vt).reshape(len(self.rows), len(self.cols), k, k)
+
     def with_rank(self, K: int) -> "LowRankBasis":
         """The same grid truncated (or extended) to rank ``K``."""
         U, s, Vt = self._full["U"], self._full["s"], self._full["Vt"]
         K = max(1, min(int(K), len(s)))
         k = self.lens.psf_sampling.size_px
-        A = (U * s) @ Vt
+        A = self.node_psfs.reshape(len(self.rows) * len(self.cols), k * k)
         return replace(
             self,
             eigen_psfs=Vt[:K].reshape(K, k, k),
@@ -284,10 +299,8 @@ class LowRankOperator:
         return [slice(i, min(i + step, K)) for i in range(0, K, step)]
 
     def _as_batch(self, a):
-        a = np.asarray(a)
-        if a.ndim not in (2, 3) or a.shape[-2:] != self.shape:
-            raise ValueError(f"expected an image of shape {self.shape} or (B, *{self.shape}), got {a.shape}")
-        return (a[None] if a.ndim == 2 else a).astype(self.dtype, copy=False), a.ndim == 2
+        b, single = as_image_batch(a, self.shape)
+        return b.astype(self.dtype, copy=False), single
 
     def forward(self, m: np.ndarray) -> np.ndarray:
         """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` -> same shape, working dtype."""

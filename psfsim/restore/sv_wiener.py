@@ -92,7 +92,7 @@ def sv_wiener(image: np.ndarray, lens, origin=(0, 0), *, patch: int = 64, balanc
         psfs = np.asarray(psf_at(rows, cols), dtype)
     bal = resolve_balance(img, balance, noise_sigma, reg)
     shape = (fft.next_fast_len(ph + 2 * m, True), fft.next_fast_len(pw + 2 * m, True))
-    R = regulariser_tf2(reg, shape, fft, dtype)
+    R = regulariser_tf2(reg, shape, dtype)
     # taper of the context margin (raised cosine from the core edge to the tile edge)
     def taper(n_core, n_tot):
         t = np.ones(n_tot)

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import PsfsimError
 from ..fft import get_backend
 
-__all__ = ["wiener", "wiener_filter", "laplacian_tf", "gradient_tf2", "regulariser_tf2", "psf_tf", "estimate_noise_sigma", "BOUNDARIES", "REGULARISERS"]
+__all__ = ["wiener", "wiener_filter", "gradient_tf2", "regulariser_tf2", "psf_tf", "estimate_noise_sigma", "BOUNDARIES", "REGULARISERS"]
 
 BOUNDARIES = ("reflect", "taper", "periodic")
 
@@ -52,12 +52,6 @@ def psf_tf(psf: np.ndarray, shape, fft) -> np.ndarray:
     big[..., shape[0] - c0 :, : k1 - c1] = psf[..., :c0, c1:]
     big[..., shape[0] - c0 :, shape[1] - c1 :] = psf[..., :c0, :c1]
     return fft.rfft2(big)
-
-
-def laplacian_tf(shape, fft, dtype=np.float32) -> np.ndarray:
-    """Transfer function of the 5-point Laplacian ``[[0,-1,0],[-1,4,-1],[0,-1,0]]`` on a grid ``shape``."""
-    lap = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype)
-    return psf_tf(lap, shape, fft)
 
 
 def estimate_noise_sigma(image: np.ndarray) -> float:
@@ -99,7 +93,7 @@ def gradient_tf2(shape, dtype=np.float32) -> np.ndarray:
     return ((2 - 2 * np.cos(2 * np.pi * fy)) + (2 - 2 * np.cos(2 * np.pi * fx))).astype(dtype)
 
 
-def regulariser_tf2(reg: str, shape, fft, dtype=np.float32):
+def regulariser_tf2(reg: str, shape, dtype=np.float32):
     """``|R|^2`` of a regulariser on a real-FFT grid (``None`` for the identity)."""
     if reg == "identity":
         return None
@@ -166,7 +160,7 @@ def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
     hit = _TRANSFER_CACHE.get(key)
     if hit is None:
         Hf = psf_tf(psf, shape, fft)
-        hit = (np.conj(Hf), (Hf.real**2 + Hf.imag**2).astype(dtype), regulariser_tf2(reg, shape, fft, dtype))
+        hit = (np.conj(Hf), (Hf.real**2 + Hf.imag**2).astype(dtype), regulariser_tf2(reg, shape, dtype))
         if len(_TRANSFER_CACHE) >= 8:
             _TRANSFER_CACHE.clear()
         _TRANSFER_CACHE[key] = hit
