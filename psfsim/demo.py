@@ -29,9 +29,9 @@ def field_filling_image(name: str, shape) -> np.ndarray:
     """A bundled scikit-image sample mirror-tiled to ``shape`` (no seams), normalised to [0, 1]."""
     import skimage.data
 
-    img = getattr(skimage.data, name)().astype(np.float64)
-    if img.ndim == 3:
-        img = img[..., :3] @ np.array([0.2125, 0.7154, 0.0721])
+    from .io import luminance
+
+    img = np.asarray(luminance(getattr(skimage.data, name)()), np.float64)
     tile = np.block([[img, img[:, ::-1]], [img[::-1], img[::-1, ::-1]]])
     reps = (int(np.ceil(shape[0] / tile.shape[0])), int(np.ceil(shape[1] / tile.shape[1])))
     big = np.tile(tile, reps)[: shape[0], : shape[1]]

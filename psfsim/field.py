@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import PsfsimError
 
-__all__ = ["field_coords", "check_window", "centred_origin"]
+__all__ = ["field_coords", "check_window", "centred_origin", "grid_positions"]
 
 
 def _geometry(lens_or_field):
@@ -50,6 +50,18 @@ def check_window(lens_or_field, origin, shape, *, allow_outside: bool = False) -
             f"(origin must be within (0, 0)..({H - h}, {W - w}))"
         )
     return (r0, c0), (h, w)
+
+
+def grid_positions(n: int, length: int) -> "np.ndarray":
+    """Pixel positions ``(n,)`` of ``n`` grid nodes spanning ``0 .. length - 1`` (both ends included).
+
+    One node sits at the centre ``(length - 1) / 2``. PSF grids, the low-rank basis and the stored datasets
+    all place their nodes with this rule.
+    """
+    n = int(n)
+    if n < 1:
+        raise PsfsimError(f"grid of {n} nodes: expected >= 1")
+    return np.linspace(0.0, length - 1.0, n) if n > 1 else np.array([(length - 1) / 2.0])
 
 
 def centred_origin(lens_or_field, shape) -> tuple[int, int]:

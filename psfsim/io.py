@@ -9,9 +9,21 @@ import numpy as np
 
 from .errors import PsfsimError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "write_array", "atomic_path"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "write_array", "atomic_path", "luminance"]
 
 IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".fits", ".fit", ".fts")
+
+
+#: Rec. 709 luma weights (what scikit-image's ``rgb2gray`` uses).
+_LUMA = np.array([0.2125, 0.7154, 0.0721])
+
+
+def luminance(img: np.ndarray) -> np.ndarray:
+    """Grey image of an RGB(A) ``(H, W, 3|4)`` image (Rec. 709 luma, alpha ignored); 2-D images unchanged."""
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        return img[..., :3].astype(np.float64) @ _LUMA
+    return img
 
 
 def atomic_path(path: Path) -> Path:
@@ -45,8 +57,7 @@ def read_image(path: str | os.PathLike, *, allow_nd: bool = False) -> np.ndarray
             import imageio.v3 as iio
 
             a = iio.imread(p)
-            if a.ndim == 3 and a.shape[-1] in (3, 4):
-                a = a[..., :3].astype(float) @ np.array([0.2125, 0.7154, 0.0721])
+            a = luminance(a)
         else:
             from astropy.io import fits
 

@@ -307,6 +307,32 @@ class Lens:
 
         return field_coords(self, origin=origin, shape=shape)
 
+    @cached_property
+    def canonical(self) -> str:
+        """The validated description as canonical JSON (sorted keys, normalised numbers): two lenses with
+        the same canonical description make the same PSFs everywhere."""
+        import json
+        from dataclasses import asdict
+
+        d = {"name": self.name, "optics": asdict(self.optics), "field": asdict(self.field),
+             "psf": asdict(self.psf_sampling), "seidel": asdict(self.seidel),
+             "zernike": [{"noll": z.noll, "coefficients": [[list(p), c] for p, c in z.coefficients]} for z in self.zernike]}
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of :attr:`canonical`: the key of every per-lens cache (bases, PSF engines) and of saved
+        bases, so two loads of one file, an unpickled lens or a worker's copy share them."""
+        import hashlib
+
+        return hashlib.sha256(self.canonical.encode()).hexdigest()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Lens) and self.canonical == other.canonical
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
     def to_dict(self) -> dict:
         """The lens description as written in its TOML (a deep copy), enough to rebuild it."""
         return copy.deepcopy(dict(self.source))

@@ -274,11 +274,10 @@ class PSFEngine:
 
 def psf_grid(lens, ny: int, nx: int) -> PSFGrid:
     """PSFs on an ``ny x nx`` grid of pixel positions spanning the frame, corners included."""
-    if ny < 1 or nx < 1:
-        raise ValueError(f"grid size must be >= 1, got ({ny}, {nx})")
+    from .field import grid_positions
+
     H, W = lens.field.shape_px
-    rows = np.linspace(0, H - 1, ny) if ny > 1 else np.array([(H - 1) / 2.0])
-    cols = np.linspace(0, W - 1, nx) if nx > 1 else np.array([(W - 1) / 2.0])
+    rows, cols = grid_positions(ny, H), grid_positions(nx, W)
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     x, y = lens.field.pixel_to_field(rr, cc)
     psfs = lens.psfs(x.ravel(), y.ravel()).reshape(ny, nx, lens.psf_sampling.size_px, lens.psf_sampling.size_px)

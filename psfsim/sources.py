@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PsfsimError
-from .io import IMAGE_SUFFIXES, read_image
+from .io import IMAGE_SUFFIXES, luminance, read_image
 
 __all__ = ["Source", "parse_source", "SKIMAGE_NAMES", "PROCEDURAL"]
 
@@ -57,9 +57,7 @@ def _random_crop(img: np.ndarray, shape, rng: np.random.Generator, what: str) ->
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img, np.float64)
-    if img.ndim == 3:
-        img = img[..., :3] @ np.array([0.2125, 0.7154, 0.0721])
+    img = np.asarray(luminance(img), np.float64)
     return img - img.min()
 
 

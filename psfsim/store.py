@@ -1,0 +1,85 @@
+"""Safe outputs: the one place where psfsim (and recon, pipelines) create files and folders.
+
+Every output is written under a temporary name created *exclusively* in the destination folder (so a link
+planted there is never followed and two writers never share a temporary), then renamed into place: a reader
+sees the old file or the complete new one, never a half-written file that looks complete. Several outputs
+that belong together (an image and its JSON record) land together or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import PsfsimError
+
+__all__ = ["atomic_outputs", "atomic_file", "atomic_dir", "check_output"]
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = True, what: str = "--out") -> Path:
+    """Check that ``path`` can be written: its folder exists, it is not a folder, and (without ``overwrite``)
+    it does not exist yet."""
+    p = Path(path)
+    if p.is_dir():
+        raise PsfsimError(f"{what} {p}: is a folder")
+    if not p.parent.is_dir():
+        raise PsfsimError(f"{what} {p}: folder {p.parent} does not exist")
+    if not overwrite and (p.exists() or p.is_symlink()):
+        raise PsfsimError(f"{what} {p}: exists (use --overwrite to replace it)")
+    return p
+
+
+def _temp_sibling(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: str | os.PathLike):
+    """Yield temporary paths for ``paths`` (same folders, same suffixes); rename them all into place when the
+    block succeeds, in the order given, and remove them when it fails.
+
+    >>> with atomic_outputs("out.npy", "out.npy.json") as (img, side):
+    ...     np.save(img, a); side.write_text("{}")
+    """
+    finals = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    try:
+        for p in finals:
+            tmps.append(_temp_sibling(p))
+        yield tuple(tmps)
+        for t, p in zip(tmps, finals):
+            os.replace(t, p)
+    finally:
+        for t in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                t.unlink()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """One output written atomically; see :func:`atomic_outputs`."""
+    with atomic_outputs(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False):
+    """Yield an exclusively created temporary folder beside ``path``; on success it becomes ``path`` (an
+    existing ``path`` is removed only then, and only with ``replace``); on failure it is removed."""
+    final = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".creating", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            if not replace:
+                raise PsfsimError(f"{final}: exists (use --overwrite to replace it)")
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
