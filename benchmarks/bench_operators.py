@@ -17,7 +17,9 @@ Prints, for the ``microscope`` preset and a test image (scikit-image's ``camera`
    not import without its own dependencies (its ``__init__`` imports torchvision), hence the fallback;
 4. Wiener on the frame: ``psfsim.restore.wiener`` (periodic, Laplacian: skimage's model; and the default
    gradient / reflect) vs ``skimage.restoration.wiener``, with the max abs difference (target: >= 3x);
-5. torch fast blur forward + backward throughput, batch 16 x 1 x 256 x 256 float32, CPU (and CUDA if present).
+5. torch fast blur (``psfsim.torch_blur``) forward + backward throughput, batch 16 x 1 x 256 x 256 float32, all
+   samples at one window and at random windows of the field, CPU (and CUDA if present);
+6. the whole telescope frame: coefficient maps held dense vs computed per chunk of K (time and memory).
 
 ``--quick`` shrinks the sizes (512 frame, 96 crop, torch batch 4, fewer repeats) for a smoke run of well under a minute.
 """
@@ -34,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psfsim  # noqa: E402
-from psfsim.operators import ExactOperator, lowrank_basis, make_operator, to_torch  # noqa: E402
+from psfsim.operators import ExactOperator, lowrank_basis, make_operator, torch_blur  # noqa: E402
 from psfsim.restore import wiener  # noqa: E402
 
 LENS = "microscope"
@@ -99,7 +101,7 @@ def fft_round_trip_times(op, nrep: int) -> tuple[float, float]:
 def bench_frame(lens, n: int, nrep: int):
     header(f"1. fast blur, {n} x {n} float32 frame, {LENS} preset, automatic rank")
     basis, t_basis = timed(lambda: lowrank_basis(lens))  # first call: builds and caches the basis
-    op, t_window = timed(lambda: make_operator(lens, (n, n)))  # the basis is cached: window maps only
+    op, t_window = timed(lambda: make_operator(lens, shape=(n, n)))  # the basis is cached: window maps only
     _, t_kft = timed(lambda: op.kernel_ft)  # eigen-PSF transforms (lazy, else done at the first call)
     img = test_image(n)
     t_op = best_of(lambda: op(img), nrep)
@@ -126,9 +128,9 @@ def bench_exact(lens, crop: int, nrep: int, t_basis: float):
     header(f"2. exact vs fast, {crop} x {crop} crop at origin {ORIGIN}")
     shape = (crop, crop)
     img = test_image(crop)
-    exact, t_ex_build = timed(lambda: ExactOperator(lens, shape, ORIGIN))
+    exact, t_ex_build = timed(lambda: ExactOperator(lens, shape=shape, origin=ORIGIN))
     t_ex_apply = best_of(lambda: exact(img), max(1, nrep // 2))
-    fast, t_fast_window = timed(lambda: make_operator(lens, shape, ORIGIN))
+    fast, t_fast_window = timed(lambda: make_operator(lens, shape=shape, origin=ORIGIN))
     _, t_kft = timed(lambda: fast.kernel_ft)
     t_fast_build = t_basis + t_fast_window + t_kft
     t_fast_apply = best_of(lambda: fast(img), nrep)
@@ -223,14 +225,14 @@ def bench_peers(frame_op, frame_img, fast, crop_img, ref, err0, nrep):
         print(f"deepinv: not available ({why}); compared with a re-implementation of its algorithm only")
     eig = fast.basis.eigen_psfs
     peers = [("re-impl. of deepinv: K x scipy fftconvolve",
-              scipy_product_convolution(fast.weights, eig), scipy_product_convolution(frame_op.weights, eig))]
+              scipy_product_convolution(fast.maps(), eig), scipy_product_convolution(frame_op.maps(), eig))]
     if SpaceVaryingBlur is not None:
         import deepinv
 
         for use_fft in (True, False):
             peers.append((f"deepinv {deepinv.__version__} SpaceVaryingBlur use_fft={use_fft}",
-                          deepinv_product_convolution(SpaceVaryingBlur, fast.weights, eig, use_fft),
-                          deepinv_product_convolution(SpaceVaryingBlur, frame_op.weights, eig, use_fft)))
+                          deepinv_product_convolution(SpaceVaryingBlur, fast.maps(), eig, use_fft),
+                          deepinv_product_convolution(SpaceVaryingBlur, frame_op.maps(), eig, use_fft)))
     t0_crop = best_of(lambda: fast(crop_img), 2 * nrep)
     t0_frame = best_of(lambda: frame_op(frame_img), nrep)
     ours = (err0, t0_crop, t0_frame)
@@ -292,25 +294,61 @@ def bench_torch(lens, batch: int, size: int, nrep: int):
     import torch
 
     header(f"5. torch fast blur, forward + backward, batch {batch} x 1 x {size} x {size} float32")
-    T = to_torch(make_operator(lens, (size, size), ORIGIN))
+    T = torch_blur(lens)
+    H, W = lens.field.shape_px
+    rng = np.random.default_rng(0)
+    one = torch.tensor([ORIGIN] * batch)
+    rand = torch.from_numpy(np.stack([rng.integers(0, H - size + 1, batch), rng.integers(0, W - size + 1, batch)], 1))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         Td = T.to(dev)
         x = torch.rand(batch, 1, size, size, device=dev, requires_grad=True)
+        for label, origins in (("one window", one), ("random windows", rand)):
+            o = origins.to(dev)
 
-        def step():
-            x.grad = None
-            loss = Td(x).square().mean()
-            loss.backward()
-            if dev == "cuda":
-                torch.cuda.synchronize()
+            def step():
+                x.grad = None
+                loss = Td(x, o).square().mean()
+                loss.backward()
+                if dev == "cuda":
+                    torch.cuda.synchronize()
 
-        t = best_of(step, nrep)
-        threads = f", {torch.get_num_threads()} threads" if dev == "cpu" else ""
-        print(f"{dev}{threads}: {1e3 * t:.1f} ms per batch = {batch / t:.1f} images/s = "
-              f"{batch * size * size / t / 1e6:.1f} Mpix/s (K = {T.rank}, pad {T.pad_shape})")
+            t = best_of(step, nrep)
+            threads = f", {torch.get_num_threads()} threads" if dev == "cpu" else ""
+            print(f"{dev}{threads}, {label}: {1e3 * t:.1f} ms per batch = {batch / t:.1f} images/s = "
+                  f"{batch * size * size / t / 1e6:.1f} Mpix/s (K = {T.rank}, pad {T.pad_shape((size, size))})")
     if len(devices) == 1:
         print("cuda: not available")
+
+
+# ------------------------------------------------------------------------------- 6. coefficient maps
+
+
+def bench_maps(nrep: int):
+    """Dense (K, H, W) coefficient maps vs per-chunk maps from the separable spline factors, telescope frame."""
+    import psfsim.operators.lowrank as lr
+
+    lens = psfsim.load_lens("telescope")
+    H, W = lens.field.shape_px
+    header(f"6. coefficient maps of the whole telescope frame ({H} x {W}): dense vs per chunk of K")
+    basis = lowrank_basis(lens)
+    dense_bytes = basis.rank * H * W * 4
+    img = np.random.default_rng(0).random((H, W), dtype=np.float32)
+    limit = lr._DENSE_MAPS_BYTES
+    try:
+        lr._DENSE_MAPS_BYTES = 2**40
+        dense = make_operator(lens)
+        t_dense = best_of(lambda: dense(img), max(1, nrep // 3))
+        ref = dense(img)
+        del dense
+        lr._DENSE_MAPS_BYTES = 0
+        chunked = make_operator(lens)
+        t_chunk = best_of(lambda: chunked(img), max(1, nrep // 3))
+        diff = float(np.max(np.abs(chunked(img) - ref)))
+    finally:
+        lr._DENSE_MAPS_BYTES = limit
+    print(f"K = {basis.rank}: dense maps {dense_bytes / 2**20:.0f} MiB held per window; chunked: none held")
+    print(f"apply: dense {t_dense:.2f} s, chunked {t_chunk:.2f} s (x{t_chunk / t_dense:.2f}); max |difference| {diff:.1e}")
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -335,6 +373,8 @@ def main(argv=None):
     bench_peers(frame_op, frame_img, fast, crop_img, ref, err, nrep)
     bench_wiener(lens, frame_img, nrep)
     bench_torch(lens, 16 if not args.quick else 4, 256, nrep)
+    if not args.quick:
+        bench_maps(nrep)
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s")
 
 

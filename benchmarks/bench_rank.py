@@ -27,7 +27,7 @@ def main():
     for name in psfsim.preset_names():
         lens = psfsim.load_lens(name)
         t = time.perf_counter()
-        ref = ExactOperator(lens, img.shape, (0, 0))(img)
+        ref = ExactOperator(lens, shape=img.shape, origin=(0, 0))(img)
         t_exact = time.perf_counter() - t
         basis = lowrank_basis(lens)
         ks = sorted({1, 2, 3, 5, 8, 12, 16, 20, 25, basis.rank})
@@ -35,7 +35,7 @@ def main():
         for K in ks:
             if K > len(basis.singular_values):
                 continue
-            op = basis.with_rank(K).operator(img.shape, (0, 0), dtype=np.float64)
+            op = basis.with_rank(K).operator(shape=img.shape, origin=(0, 0), dtype=np.float64)
             err = np.linalg.norm(op(img) - ref) / np.linalg.norm(ref)
             row.append(f"K={K}{'*' if K == basis.rank else ''}: {100 * err:.3f} %")
         print(f"{name:10s} grid {len(basis.rows)}x{len(basis.cols)}, auto K={basis.rank} (exact build {t_exact:.1f} s)")

@@ -200,7 +200,7 @@ def make_sample(ctx: _Context, index: int, origin, timings: dict | None = None) 
     peak = float(src.max())
     src = (src / peak if peak > 0 else src).astype(np.float32)
     lap("source")
-    op = ctx.basis.operator(region_shape, region_origin, allow_outside=True)
+    op = ctx.basis.operator(shape=region_shape, origin=region_origin, allow_outside=True)
     blurred = op(src)[m : m + h, m : m + w]
     sharp = src[m : m + h, m : m + w]
     lap("blur")
@@ -210,7 +210,7 @@ def make_sample(ctx: _Context, index: int, origin, timings: dict | None = None) 
     wien = wiener(noisy, ctx.psf_axis, noise_sigma=sigma)
     lap("wiener")
     patch = max(16, min(128, (min(h, w) // 4) * 2))  # 4 patches across (x2 overlap): 128 for 256 px samples
-    wsv = sv_wiener(noisy, lens, tuple(int(o) for o in origin), patch=patch, noise_sigma=sigma, psf_at=ctx.basis.psfs_at)
+    wsv = sv_wiener(noisy, lens, origin=tuple(int(o) for o in origin), patch=patch, noise_sigma=sigma, psf_at=ctx.basis.psfs_at)
     lap("wiener_sv")
     return {"sharp": sharp, "blurred": noisy.astype(np.float32), "wiener": wien.astype(np.float32),
             "wiener_sv": wsv.astype(np.float32)}

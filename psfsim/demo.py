@@ -63,7 +63,7 @@ def restore_step(lens, out: Path, image_name: str = "camera", photons: float = 1
     shape = lens.field.shape_px
     sharp = field_filling_image(image_name, shape).astype(np.float32)
     t = time.perf_counter()
-    op = make_operator(lens, shape)
+    op = make_operator(lens, shape=shape)
     blurred = op(sharp)
     noise = NoiseModel(photons=photons, read_noise=read_noise)
     noisy = noise.apply(blurred, np.random.default_rng(SEED))
@@ -71,10 +71,10 @@ def restore_step(lens, out: Path, image_name: str = "camera", photons: float = 1
     sigma = float(noise.sigma(float(np.mean(blurred))))
     results = {"blurred": noisy}
     t = time.perf_counter()
-    results["Wiener (axis PSF)"] = wiener(noisy, reference_psf(lens, (0, 0), shape, "axis"), noise_sigma=sigma)
+    results["Wiener (axis PSF)"] = wiener(noisy, reference_psf(lens, origin=(0, 0), shape=shape, which="axis"), noise_sigma=sigma)
     print(f"  global Wiener: {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
-    results["SV Wiener"] = sv_wiener(noisy, lens, (0, 0), patch=128, noise_sigma=sigma)
+    results["SV Wiener"] = sv_wiener(noisy, lens, origin=(0, 0), patch=128, noise_sigma=sigma)
     print(f"  spatially-varying Wiener: {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
     results["SV Richardson-Lucy"] = richardson_lucy(noisy, op, iters=20, progress=True).image

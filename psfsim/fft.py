@@ -12,6 +12,8 @@ import os
 from functools import lru_cache
 from types import SimpleNamespace
 
+from .errors import PsfsimError
+
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "get_backend", "default_workers"]
 
 BACKENDS = ("pyfftw", "scipy")
@@ -23,7 +25,13 @@ def default_workers() -> int:
     """Threads for one FFT: ``$PSFSIM_FFT_THREADS`` or the number of usable CPU cores."""
     env = os.environ.get("PSFSIM_FFT_THREADS")
     if env:
-        return max(1, int(env))
+        try:
+            n = int(env)
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            raise PsfsimError(f"PSFSIM_FFT_THREADS={env!r}: expected a whole number >= 1") from None
+        return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover (not Linux)
@@ -63,10 +71,15 @@ def _backend(name: str, workers: int) -> SimpleNamespace:
             name="pyfftw", workers=workers, fft2=wrap(pf.fft2), ifft2=wrap(pf.ifft2),
             rfft2=wrap(pf.rfft2), irfft2=wrap(pf.irfft2), next_fast_len=sf.next_fast_len,
         )
-    raise ValueError(f"unknown FFT backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    raise PsfsimError(f"unknown FFT backend {name!r} (PSFSIM_FFT or backend=); expected one of {', '.join(BACKENDS)}")
 
 
 def get_backend(name: str | None = None, workers: int | None = None) -> SimpleNamespace:
-    """The FFT functions of backend ``name`` (default: ``$PSFSIM_FFT`` or :data:`DEFAULT_BACKEND`)."""
+    """The FFT functions of backend ``name`` (default: ``$PSFSIM_FFT`` or :data:`DEFAULT_BACKEND`) with
+    ``workers`` threads per transform (default :func:`default_workers`). Every operator and restoration takes
+    ``workers=``: pass 1 when a threaded scheduler (Dask) runs several windows at once, so that ``n`` tasks
+    do not each start one thread per core."""
     name = name or os.environ.get("PSFSIM_FFT") or DEFAULT_BACKEND
-    return _backend(name, workers or default_workers())
+    if workers is not None and (int(workers) != workers or workers < 1):
+        raise PsfsimError(f"workers = {workers!r}: expected a whole number >= 1")
+    return _backend(name, int(workers) if workers else default_workers())

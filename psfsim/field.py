@@ -20,22 +20,23 @@ import numpy as np
 
 from .errors import PsfsimError
 
-__all__ = ["field_coords", "check_window", "centred_origin", "grid_positions"]
+__all__ = ["field_coords", "field_coords_batch", "field_coords_torch", "check_window", "centred_origin", "grid_positions"]
 
 
 def _geometry(lens_or_field):
     return getattr(lens_or_field, "field", lens_or_field)
 
 
-def check_window(lens_or_field, origin, shape, *, allow_outside: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
+def check_window(lens_or_field, *, origin, shape, allow_outside: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
     """Validate a window ``origin=(row, col)``, ``shape=(h, w)``; return them as int tuples.
 
+    Both are keyword-only everywhere in psfsim: two int pairs swapped would be a valid, wrong window.
     Raises :class:`~psfsim.errors.PsfsimError` when the window does not fit in the frame (unless
     ``allow_outside``: tiles with a halo may reach past the frame's edge).
     """
     g = _geometry(lens_or_field)
     try:
-        if any(int(v) != v for v in (*origin, *shape)):
+        if len(origin) != 2 or len(shape) != 2 or any(int(v) != v for v in (*origin, *shape)):
             raise ValueError
         r0, c0 = (int(v) for v in origin)
         h, w = (int(v) for v in shape)
@@ -52,7 +53,7 @@ def check_window(lens_or_field, origin, shape, *, allow_outside: bool = False) -
     return (r0, c0), (h, w)
 
 
-def grid_positions(n: int, length: int) -> "np.ndarray":
+def grid_positions(n: int, length: int) -> np.ndarray:
     """Pixel positions ``(n,)`` of ``n`` grid nodes spanning ``0 .. length - 1`` (both ends included).
 
     One node sits at the centre ``(length - 1) / 2``. PSF grids, the low-rank basis and the stored datasets
@@ -71,7 +72,28 @@ def centred_origin(lens_or_field, shape) -> tuple[int, int]:
     return ((H - h) // 2, (W - w) // 2)
 
 
-def field_coords(lens_or_field, origin=(0, 0), shape=None, *, dtype=np.float64, allow_outside: bool = False) -> np.ndarray:
+def _window_coords(g, r0, c0, h: int, w: int, xp, like):
+    """The one formula: field coordinates ``(..., 2, h, w)`` of windows with origins ``r0, c0`` (shape ``(...)``)
+    in array namespace ``xp`` (numpy or torch); ``like`` gives torch's device and dtype."""
+    if xp is np:  # FieldGeometry.pixel_to_field is the formula; broadcast over the windows
+        r0 = np.asarray(r0, np.float64)[..., None, None]
+        c0 = np.asarray(c0, np.float64)[..., None, None]
+        x, y = g.pixel_to_field(r0 + np.arange(h)[:, None], c0 + np.arange(w)[None, :])
+        shape = np.broadcast_shapes(x.shape, y.shape)
+        return np.stack([np.broadcast_to(x, shape), np.broadcast_to(y, shape)], axis=-3)
+    # the same formula on the tensor's device: x = (col - col0) / R, y = (row - row0) / R
+    R = g.half_diagonal_px
+    row0, col0 = g.axis_px
+    rows = xp.arange(h, device=like.device, dtype=like.dtype)
+    cols = xp.arange(w, device=like.device, dtype=like.dtype)
+    r0 = r0.to(like.dtype)[..., None, None]
+    c0 = c0.to(like.dtype)[..., None, None]
+    x = ((c0 + cols[None, :] - col0) / R).expand(*r0.shape[:-2], h, w)
+    y = ((r0 + rows[:, None] - row0) / R).expand(*r0.shape[:-2], h, w)
+    return xp.stack([x, y], dim=-3)
+
+
+def field_coords(lens_or_field, *, origin=(0, 0), shape=None, dtype=np.float64, allow_outside: bool = False) -> np.ndarray:
     """Field coordinates ``(2, h, w)`` (``[x, y]``) of a window of the lens field.
 
     Parameters
@@ -94,11 +116,56 @@ def field_coords(lens_or_field, origin=(0, 0), shape=None, *, dtype=np.float64, 
     g = _geometry(lens_or_field)
     if shape is None:
         shape = g.shape_px
-    (r0, c0), (h, w) = check_window(g, origin, shape, allow_outside=allow_outside)
-    rows = np.arange(r0, r0 + h, dtype=np.float64)
-    cols = np.arange(c0, c0 + w, dtype=np.float64)
-    x, y = g.pixel_to_field(rows[:, None], cols[None, :])
-    out = np.empty((2, h, w), dtype=dtype)
-    out[0] = x
-    out[1] = y
-    return out
+    (r0, c0), (h, w) = check_window(g, origin=origin, shape=shape, allow_outside=allow_outside)
+    return _window_coords(g, r0, c0, h, w, np, None).astype(dtype, copy=False)
+
+
+def _check_origins(g, origins, shape, allow_outside: bool):
+    """``origins (B, 2)`` of whole numbers -> int64 array, every window checked against the frame."""
+    o = np.asarray(origins)
+    if o.ndim != 2 or o.shape[1] != 2:
+        raise PsfsimError(f"origins of shape {o.shape}: expected (B, 2) rows of (row, col)")
+    if o.dtype.kind not in "iu" and not (o.dtype.kind == "f" and np.all(np.isfinite(o)) and np.all(o == np.round(o))):
+        raise PsfsimError("origins: expected whole numbers (row, col)")
+    o = o.astype(np.int64)
+    (_, _), (h, w) = check_window(g, origin=(0, 0), shape=shape, allow_outside=True)
+    H, W = g.shape_px
+    if not allow_outside and len(o):
+        bad = np.nonzero((o[:, 0] < 0) | (o[:, 1] < 0) | (o[:, 0] + h > H) | (o[:, 1] + w > W))[0]
+        if len(bad):
+            i = int(bad[0])
+            check_window(g, origin=tuple(o[i]), shape=(h, w))  # raises, naming the window
+    return o, (h, w)
+
+
+def field_coords_batch(lens_or_field, *, origins, shape, dtype=np.float32, allow_outside: bool = False) -> np.ndarray:
+    """Field coordinates ``(B, 2, h, w)`` of ``B`` windows of one ``shape`` at ``origins (B, 2)``.
+
+    The batch form of :func:`field_coords` (same geometry, same result per window), for training batches of
+    random crops and for tiles. ``dtype`` defaults to float32 (network input).
+    """
+    g = _geometry(lens_or_field)
+    o, (h, w) = _check_origins(g, origins, shape, allow_outside)
+    return _window_coords(g, o[:, 0], o[:, 1], h, w, np, None).astype(dtype, copy=False)
+
+
+def field_coords_torch(lens_or_field, *, origins, shape, device=None, dtype=None, allow_outside: bool = False):
+    """Field coordinates as a torch tensor ``(B, 2, h, w)`` on ``device``, for windows at ``origins``.
+
+    ``origins`` is a ``(B, 2)`` tensor (its device is used when ``device`` is None) or array-like. Computed
+    on the device by the same formula as :func:`field_coords` (float32 by default; use float64 for
+    comparisons). torch is imported only here.
+    """
+    import torch
+
+    g = _geometry(lens_or_field)
+    if isinstance(origins, torch.Tensor):
+        device = origins.device if device is None else device
+        o_np = origins.detach().cpu().numpy()
+    else:
+        o_np = np.asarray(origins)
+    o, (h, w) = _check_origins(g, o_np, shape, allow_outside)
+    dtype = torch.float32 if dtype is None else dtype
+    like = torch.empty(0, device=device, dtype=dtype)
+    ot = torch.as_tensor(o, device=like.device)
+    return _window_coords(g, ot[:, 0], ot[:, 1], h, w, torch, like)

@@ -5,65 +5,119 @@
 >>> op = psfsim.make_operator(lens, shape=(256, 256), origin=(0, 0))     # fast, rank chosen for 1 % error
 >>> blurred = op(image)            # (256, 256) or (B, 256, 256)
 >>> back = op.adjoint(blurred)
->>> top = psfsim.operators.to_torch(op)   # torch.nn.Module, (B, 1, 256, 256), differentiable
+>>> blur_t = psfsim.operators.torch_blur(lens)   # nn.Module: blur(x (B, C, H, W), origins (B, 2))
+
+Windows are always given as keywords, ``origin=(row, col)`` and ``shape=(h, w)``: two int pairs swapped
+would be a valid, wrong window.
+
+Output dtype (every operator, numpy and torch, and every restoration in :mod:`psfsim.restore`): float32 and
+float64 inputs keep their dtype, any other real input gives float32 (:func:`result_dtype`); complex input is
+refused. The fast numpy operator computes in its working ``dtype`` (float32 by default), the exact one in
+float64, the torch module in the input's dtype.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
 from ..errors import PsfsimError
 from .exact import ExactOperator
-from .lowrank import DEFAULT_TOL, LowRankBasis, LowRankOperator
+from .lowrank import DEFAULT_TOL, KernelCache, LowRankBasis, LowRankOperator, result_dtype
 
-__all__ = ["ExactOperator", "LowRankBasis", "LowRankOperator", "make_operator", "lowrank_basis", "blur", "to_torch"]
+__all__ = ["ExactOperator", "LowRankBasis", "LowRankOperator", "KernelCache", "make_operator", "lowrank_basis", "blur",
+           "to_torch", "torch_blur", "result_dtype", "cache_basis", "OPERATOR_METHODS"]
+
+OPERATOR_METHODS = ("fast", "exact")
+_BASIS_CACHE: OrderedDict = OrderedDict()
+_BASIS_LOCK = threading.Lock()
+_BASIS_CACHE_SIZE = 8
 
 
-@lru_cache(maxsize=16)
-def _cached_basis(lens, rank, tol, grid):
-    return LowRankBasis.build(lens, rank=rank, tol=tol, grid=grid)
+def _basis_key(lens, rank, tol, grid):
+    return (lens.fingerprint, None if rank is None else int(rank), float(tol), None if grid is None else tuple(grid))
 
 
 def lowrank_basis(lens, *, rank: int | None = None, tol: float = DEFAULT_TOL, grid=None) -> LowRankBasis:
-    """The (cached) low-rank basis of a lens for a target error or rank; see :class:`LowRankBasis`."""
-    return _cached_basis(lens, None if rank is None else int(rank), float(tol), None if grid is None else tuple(grid))
+    """The low-rank basis of a lens for a target error or rank; see :meth:`LowRankBasis.build`.
+
+    Cached by the lens's canonical description (:attr:`psfsim.Lens.fingerprint`), not its identity: two loads
+    of one lens file, an unpickled lens or a worker's copy share one basis. The cache holds the last 8.
+    """
+    key = _basis_key(lens, rank, tol, grid)
+    with _BASIS_LOCK:
+        hit = _BASIS_CACHE.get(key)
+        if hit is not None:
+            _BASIS_CACHE.move_to_end(key)
+            return hit
+    basis = LowRankBasis.build(lens, rank=rank, tol=tol, grid=grid)
+    return cache_basis(basis, rank=rank, tol=tol, grid=grid)
 
 
-def make_operator(lens, shape=None, origin=(0, 0), *, method: str = "fast", rank: int | None = None,
-                  tol: float = DEFAULT_TOL, dtype=np.float32, allow_outside: bool = False):
-    """Build a blur operator for a window ``(origin, shape)`` of the lens field (default: the whole field).
+def cache_basis(basis: LowRankBasis, *, rank: int | None = None, tol: float = DEFAULT_TOL, grid=None) -> LowRankBasis:
+    """Put a basis (e.g. one read with :meth:`LowRankBasis.load`) in the cache under the arguments it was built
+    with, so :func:`lowrank_basis` and :func:`make_operator` in this process use it instead of rebuilding."""
+    key = _basis_key(basis.lens, rank, tol, grid)
+    with _BASIS_LOCK:
+        basis = _BASIS_CACHE.setdefault(key, basis)
+        _BASIS_CACHE.move_to_end(key)
+        while len(_BASIS_CACHE) > _BASIS_CACHE_SIZE:
+            _BASIS_CACHE.popitem(last=False)
+    return basis
+
+
+def make_operator(lens, *, shape=None, origin=(0, 0), method: str = "fast", rank: int | None = None,
+                  tol: float = DEFAULT_TOL, dtype=np.float32, workers: int | None = None, allow_outside: bool = False):
+    """Build a blur operator for the window ``origin``, ``shape`` of the lens field (default: the whole field).
 
     Parameters
     ----------
+    lens : Lens
+    shape, origin : (int, int), keyword-only
+        Window shape ``(h, w)`` (default the lens field) and its top-left pixel ``(row, col)`` in the frame.
     method : {"fast", "exact"}
     rank, tol : low-rank controls (fast only): a fixed rank, or a target relative error (default 1 %).
     dtype : working dtype of the fast operator (float32 default).
+    workers : threads per FFT of the fast operator (default all cores; 1 under a threaded scheduler).
+    allow_outside : accept a window reaching past the frame.
     """
-    shape = tuple(lens.field.shape_px) if shape is None else tuple(int(s) for s in shape)
+    shape = tuple(lens.field.shape_px) if shape is None else tuple(shape)
     if method == "exact":
-        return ExactOperator(lens, shape, origin, allow_outside=allow_outside)
+        return ExactOperator(lens, shape=shape, origin=origin, allow_outside=allow_outside)
     if method != "fast":
-        raise PsfsimError(f"method = {method!r}: expected 'fast' or 'exact'")
-    return lowrank_basis(lens, rank=rank, tol=tol).operator(shape, origin, dtype=dtype, allow_outside=allow_outside)
+        raise PsfsimError(f"method = {method!r}: expected one of {', '.join(OPERATOR_METHODS)}")
+    return lowrank_basis(lens, rank=rank, tol=tol).operator(shape=shape, origin=origin, dtype=dtype, workers=workers,
+                                                            allow_outside=allow_outside)
 
 
-def blur(image, lens, origin=(0, 0), method: str = "fast", rank: int | None = None, tol: float = DEFAULT_TOL):
-    """Blur ``image`` ``(H, W)`` or ``(B, H, W)``, a window of the lens field at ``origin``, as the lens would.
+def blur(image, lens, *, origin=(0, 0), method: str = "fast", rank: int | None = None, tol: float = DEFAULT_TOL,
+         workers: int | None = None, allow_outside: bool = False):
+    """Blur ``image`` ``(H, W)`` or ``(B, H, W)``, the window of the lens field at ``origin``, as the lens would.
 
-    Zero boundary: light from outside the window is absent, light leaving it is lost. Returns float32 for the
-    fast method, float64 for the exact one.
+    Zero boundary: light from outside the window is absent, light leaving it is lost. Output dtype follows
+    :func:`result_dtype` (float32 for float32 or integer input, float64 for float64).
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3):
         raise PsfsimError(f"image of shape {image.shape}: expected (H, W) or (B, H, W)")
-    op = make_operator(lens, image.shape[-2:], origin, method=method, rank=rank, tol=tol)
+    op = make_operator(lens, shape=image.shape[-2:], origin=origin, method=method, rank=rank, tol=tol,
+                       workers=workers, allow_outside=allow_outside)
     return op(image)
 
 
-def to_torch(op: LowRankOperator):
-    """The torch module of a fast operator (imports torch only when called)."""
-    from .torch import TorchLowRankOperator
+def torch_blur(lens_or_basis, *, rank: int | None = None, tol: float = DEFAULT_TOL):
+    """The differentiable batch blur of a lens (or of a basis): a :class:`psfsim.operators.torch.LowRankBlur`,
+    called as ``blur(x (B, C, H, W), origins (B, 2))``. Imports torch only when called."""
+    from .torch import LowRankBlur
 
-    return TorchLowRankOperator(op)
+    basis = lens_or_basis if isinstance(lens_or_basis, LowRankBasis) else lowrank_basis(lens_or_basis, rank=rank, tol=tol)
+    return LowRankBlur.from_basis(basis)
+
+
+def to_torch(op: LowRankOperator):
+    """The torch module of one fast operator's window: ``module(x (..., H, W))`` (imports torch when called)."""
+    from .torch import WindowBlur
+
+    return WindowBlur(op)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..field import field_coords
-from .lowrank import as_image_batch
+from .lowrank import as_image_batch, result_dtype
 
 __all__ = ["ExactOperator"]
 
@@ -22,17 +22,18 @@ class ExactOperator:
     ----------
     lens : Lens
     shape : (int, int)
-        Window shape ``(H, W)``.
+        Window shape ``(H, W)`` (keyword-only, as ``origin``).
     origin : (int, int)
         Window origin ``(row, col)`` in the lens field.
     allow_outside : bool
         Allow windows reaching past the frame (used to blur a margin around a window).
     """
 
-    def __init__(self, lens, shape, origin=(0, 0), *, allow_outside: bool = False):
+    def __init__(self, lens, *, shape, origin=(0, 0), allow_outside: bool = False):
+        from ..field import check_window
+
         self.lens = lens
-        self.shape = tuple(int(s) for s in shape)
-        self.origin = tuple(int(o) for o in origin)
+        self.origin, self.shape = check_window(lens, origin=origin, shape=shape, allow_outside=allow_outside)
         xy = field_coords(lens, origin=self.origin, shape=self.shape, allow_outside=allow_outside)
         H, W = self.shape
         k = lens.psf_sampling.size_px
@@ -41,7 +42,7 @@ class ExactOperator:
         self.psfs = lens.psfs(xy[0].ravel(), xy[1].ravel()).reshape(H, W, k, k)
 
     def forward(self, m: np.ndarray) -> np.ndarray:
-        """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)``; same shape and (float) dtype out."""
+        """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` (computed in float64); dtype by :func:`result_dtype`."""
         mb, single = as_image_batch(m, self.shape)
         H, W = self.shape
         k, c = self.k, self.k // 2
@@ -49,7 +50,7 @@ class ExactOperator:
         for dy in range(k):
             for dx in range(k):
                 out[:, dy : dy + H, dx : dx + W] += mb * self.psfs[:, :, dy, dx]
-        out = out[:, c : c + H, c : c + W].astype(np.result_type(mb.dtype, np.float32), copy=False)
+        out = out[:, c : c + H, c : c + W].astype(result_dtype(mb), copy=False)
         return out[0] if single else out
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
@@ -63,7 +64,7 @@ class ExactOperator:
         for dy in range(k):
             for dx in range(k):
                 out += ypad[:, dy : dy + H, dx : dx + W] * self.psfs[:, :, dy, dx]
-        out = out.astype(np.result_type(yb.dtype, np.float32), copy=False)
+        out = out.astype(result_dtype(yb), copy=False)
         return out[0] if single else out
 
     __call__ = forward

@@ -16,55 +16,105 @@ between nodes to ``tol / 2``, then ``K`` is the smallest rank reconstructing eve
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import make_interp_spline
 
 from ..errors import PsfsimError
 from ..fft import get_backend
+from .spline import SplineAxis, spline_weights
 
-__all__ = ["LowRankBasis", "LowRankOperator", "spline_weights", "as_image_batch", "DEFAULT_TOL"]
+__all__ = ["LowRankBasis", "LowRankOperator", "KernelCache", "spline_weights", "as_image_batch", "result_dtype",
+           "DEFAULT_TOL"]
 
 #: Default target relative error of the fast operator.
 DEFAULT_TOL = 0.01
 _MAX_NODES = 33
 #: Largest complex work array for one batched FFT, in bytes (K is split into chunks beyond it).
-_FFT_CHUNK_BYTES = 512 * 2**20
+_FFT_CHUNK_BYTES = 256 * 2**20
+#: Coefficient maps of a window are kept dense up to this size; larger windows compute them per chunk of K.
+_DENSE_MAPS_BYTES = 64 * 2**20
+#: Bound of the eigen-PSF transform cache of one basis (edge tiles and odd windows have their own shapes).
+KERNEL_CACHE_BYTES = 512 * 2**20
+_SAVE_FORMAT = "psfsim-lowrank-basis/1"
 
 
-def spline_weights(nodes: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Weights ``(len(at), len(nodes))`` of cubic-spline interpolation (not-a-knot) from ``nodes`` to ``at``.
-
-    Interpolating values ``v (len(nodes),)`` is ``weights @ v``; fewer than 4 nodes fall back to the highest
-    order possible (quadratic, linear, constant). Points outside the nodes are extrapolated.
-    """
-    nodes = np.asarray(nodes, float)
-    at = np.asarray(at, float)
-    n = len(nodes)
-    if n == 1:
-        return np.ones((len(at), 1))
-    spl = make_interp_spline(nodes, np.eye(n), k=min(3, n - 1))
-    return spl(at)
+def result_dtype(a) -> np.dtype:
+    """The one output-dtype rule of every psfsim operator and restoration: float32 and float64 inputs keep
+    their dtype; any other real input (integers, bool, float16) gives float32. Complex input is refused."""
+    dt = np.asarray(a).dtype if not hasattr(a, "kind") else np.dtype(a)
+    if dt.kind == "c":
+        raise PsfsimError(f"complex input ({dt}): expected a real image (take .real or abs() yourself)")
+    if dt.kind not in "fiub":
+        raise PsfsimError(f"input of dtype {dt}: expected a real numeric image")
+    return dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
 
 
 def as_image_batch(a, shape) -> tuple[np.ndarray, bool]:
     """``(H, W)`` or ``(B, H, W)`` -> ``((B, H, W), was_single)``; shape-checked for every numpy operator."""
     a = np.asarray(a)
     if a.ndim not in (2, 3) or a.shape[-2:] != tuple(shape):
-        raise ValueError(f"expected an image of shape {tuple(shape)} or (B, *{tuple(shape)}), got {a.shape}")
+        raise PsfsimError(f"expected an image of shape {tuple(shape)} or (B, *{tuple(shape)}), got {a.shape}")
+    result_dtype(a)
     return (a[None] if a.ndim == 2 else a), a.ndim == 2
 
 
 def _grid_nodes(lens, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    from ..field import grid_positions
+
     H, W = lens.field.shape_px
     R = lens.field.half_diagonal_px
     ny = max(2, int(np.ceil((H - 1) / (spacing * R))) + 1) if H > 1 else 1
     nx = max(2, int(np.ceil((W - 1) / (spacing * R))) + 1) if W > 1 else 1
-    rows = np.linspace(0, H - 1, ny) if ny > 1 else np.array([0.0])
-    cols = np.linspace(0, W - 1, nx) if nx > 1 else np.array([0.0])
-    return rows, cols
+    return grid_positions(ny, H), grid_positions(nx, W)
+
+
+class KernelCache:
+    """Thread-safe LRU cache of eigen-PSF transforms, bounded in bytes (one per basis).
+
+    Keys are ``(pad_shape, dtype, backend)``; windows of one shape (dataset samples, interior tiles) share
+    one entry, edge tiles add their own, and the least recently used entries go once ``max_bytes`` is reached.
+    """
+
+    def __init__(self, max_bytes: int = KERNEL_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self._d.values())
+
+    def get(self, key, make):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        val = make()
+        with self._lock:
+            self._d[key] = val
+            self._d.move_to_end(key)
+            while len(self._d) > 1 and self.nbytes > self.max_bytes:
+                self._d.popitem(last=False)
+        return val
+
+    def __getstate__(self):  # a copy in another process starts empty
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, d):
+        self.__init__(d["max_bytes"])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 def _psfs_at(lens, rows, cols) -> np.ndarray:
@@ -107,11 +157,28 @@ class LowRankBasis:
     interp_error: float
     rank_error: float
     _full: dict = field(default_factory=dict, repr=False)
-    _kft: dict = field(default_factory=dict, repr=False)
+    _kft: KernelCache = field(default_factory=KernelCache, repr=False)
 
     @property
     def rank(self) -> int:
         return self.eigen_psfs.shape[0]
+
+    @cached_property
+    def row_axis(self) -> SplineAxis:
+        """Cardinal splines along the frame's rows (through :attr:`rows`)."""
+        return SplineAxis.build(self.rows)
+
+    @cached_property
+    def col_axis(self) -> SplineAxis:
+        """Cardinal splines along the frame's columns (through :attr:`cols`)."""
+        return SplineAxis.build(self.cols)
+
+    def __getstate__(self):
+        # pickled for worker processes / Dask tasks: arrays and the lens, never the caches
+        return {k: v for k, v in self.__dict__.items() if k not in ("row_axis", "col_axis")}
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
 
     @classmethod
     def build(cls, lens, *, rank: int | None = None, tol: float = DEFAULT_TOL, grid: tuple[int, int] | None = None) -> "LowRankBasis":
@@ -131,18 +198,24 @@ class LowRankBasis:
             raise PsfsimError(f"tol = {tol!r}: expected 0 < tol < 1")
         if rank is not None and (int(rank) != rank or rank < 1):
             raise PsfsimError(f"rank = {rank!r}: expected a whole number >= 1")
+        from ..field import grid_positions
+
         H, W = lens.field.shape_px
         k = lens.psf_sampling.size_px
         if grid is not None:
-            ny, nx = (int(g) for g in grid)
+            try:
+                ny, nx = (int(g) for g in grid)
+                if (ny, nx) != tuple(grid):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise PsfsimError(f"grid = {grid!r}: expected two whole numbers >= 1") from None
             if ny < 1 or nx < 1:
                 raise PsfsimError(f"grid = {grid!r}: expected two whole numbers >= 1")
-            rows = np.linspace(0, H - 1, ny) if ny > 1 else np.array([(H - 1) / 2])
-            cols = np.linspace(0, W - 1, nx) if nx > 1 else np.array([(W - 1) / 2])
+            rows, cols = grid_positions(ny, H), grid_positions(nx, W)
             P = _psfs_at(lens, rows, cols)
             interp_err = _interp_error(lens, rows, cols, P)
         elif lens.field_constant:
-            rows, cols = np.array([(H - 1) / 2]), np.array([(W - 1) / 2])
+            rows, cols = grid_positions(1, H), grid_positions(1, W)
             P = _psfs_at(lens, rows, cols)
             interp_err = 0.0
         else:
@@ -197,31 +270,94 @@ class LowRankBasis:
             eigen_psfs=Vt[:K].reshape(K, k, k),
             coeffs=(U[:, :K] * s[:K]).reshape(len(self.rows), len(self.cols), K),
             rank_error=float(_rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max()),
-            _kft={},  # kernel transforms belong to one rank
+            _kft=KernelCache(self._kft.max_bytes),  # kernel transforms belong to one rank
         )
 
-    def coefficient_maps(self, origin, shape, dtype=np.float32) -> np.ndarray:
-        """Coefficient maps ``(K, h, w)`` of a window (cubic splines evaluated at every pixel)."""
+    def spline_factors(self, *, origin, shape) -> tuple[np.ndarray, np.ndarray]:
+        """The separable factors of a window's coefficient maps: ``Wr (h, ny)`` and ``Wc (w, nx)`` float64,
+        so that ``maps[k] = Wr @ coeffs[:, :, k] @ Wc.T``."""
         r0, c0 = origin
         h, w = shape
-        Wr = spline_weights(self.rows, np.arange(r0, r0 + h, dtype=float))
-        Wc = spline_weights(self.cols, np.arange(c0, c0 + w, dtype=float))
-        maps = np.einsum("ha,abk,wb->khw", Wr, self.coeffs, Wc, optimize=True)
-        return maps.astype(dtype, copy=False)
+        return self.row_axis.weights(np.arange(r0, r0 + h)), self.col_axis.weights(np.arange(c0, c0 + w))
+
+    def coefficient_maps(self, *, origin, shape, dtype=np.float32, ks: slice = slice(None)) -> np.ndarray:
+        """Coefficient maps ``(K', h, w)`` of a window for eigen-PSFs ``ks`` (default all), evaluated at every
+        pixel from the separable spline factors (``K'`` matrix products, no ``(h, w, ny, nx)`` intermediate)."""
+        Wr, Wc = self.spline_factors(origin=origin, shape=shape)
+        C = self.coeffs[:, :, ks]
+        out = np.empty((C.shape[2], len(Wr), len(Wc)), dtype)
+        for i in range(C.shape[2]):
+            out[i] = (Wr @ C[:, :, i]) @ Wc.T
+        return out
 
     def psfs_at(self, rows, cols) -> np.ndarray:
         """Rank-K interpolated PSFs ``(N, k, k)`` at frame pixel positions ``rows, cols (N,)``, unit sum."""
-        rows = np.atleast_1d(np.asarray(rows, float))
-        cols = np.atleast_1d(np.asarray(cols, float))
-        Wr = spline_weights(self.rows, rows)
-        Wc = spline_weights(self.cols, cols)
+        Wr = self.row_axis.weights(np.atleast_1d(np.asarray(rows, float)))
+        Wc = self.col_axis.weights(np.atleast_1d(np.asarray(cols, float)))
         c = np.einsum("na,abk,nb->nk", Wr, self.coeffs, Wc)
         p = np.einsum("nk,kij->nij", c, self.eigen_psfs)
         return p / p.sum(axis=(1, 2), keepdims=True)
 
-    def operator(self, shape, origin=(0, 0), *, dtype=np.float32, backend: str | None = None, allow_outside: bool = False) -> "LowRankOperator":
-        """A :class:`LowRankOperator` for a window of the field."""
-        return LowRankOperator(self, shape, origin, dtype=dtype, backend=backend, allow_outside=allow_outside)
+    def operator(self, *, shape, origin=(0, 0), dtype=np.float32, backend: str | None = None,
+                 workers: int | None = None, allow_outside: bool = False) -> "LowRankOperator":
+        """A :class:`LowRankOperator` for the window ``origin``, ``shape`` of the field (keyword-only)."""
+        return LowRankOperator(self, shape=shape, origin=origin, dtype=dtype, backend=backend, workers=workers,
+                               allow_outside=allow_outside)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write the basis to an ``.npz`` (arrays and JSON text only: loaded with ``allow_pickle=False``).
+
+        The file carries the lens description and fingerprint, the full SVD of the node PSFs (so
+        :meth:`with_rank` and :attr:`node_psfs` work after loading), the grid and the error figures. Build a
+        basis once (1-2 s for the telescope), save it, and load it in every worker instead of rebuilding.
+        """
+        from .._version import __version__
+        from ..store import atomic_file
+
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise PsfsimError(f"{path}: a basis is saved as .npz")
+        meta = {"format": _SAVE_FORMAT, "lens": self.lens.to_dict(), "fingerprint": self.lens.fingerprint,
+                "rank": self.rank, "interp_error": self.interp_error, "rank_error": self.rank_error,
+                "psfsim_version": __version__}
+        with atomic_file(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), rows=self.rows, cols=self.cols,
+                         U=self._full["U"], s=self._full["s"], Vt=self._full["Vt"])
+        return path
+
+    @classmethod
+    def load(cls, path, lens=None) -> "LowRankBasis":
+        """Read a basis written by :meth:`save`. With ``lens``, refuse a file made for another lens; without,
+        rebuild the lens from the stored description (no box check: it passed when the basis was built)."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrs = {k: z[k] for k in ("rows", "cols", "U", "s", "Vt")}
+        except (OSError, KeyError, ValueError) as e:
+            raise PsfsimError(f"{path}: not a saved psfsim basis ({type(e).__name__}: {e})") from None
+        if meta.get("format") != _SAVE_FORMAT:
+            raise PsfsimError(f"{path}: format {meta.get('format')!r}, expected {_SAVE_FORMAT!r}")
+        if lens is None:
+            import warnings
+
+            from ..lens import lens_from_dict
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the Nyquist warning was given when the basis was built
+                lens = lens_from_dict(meta["lens"], check_psf_box=False)
+        if lens.fingerprint != meta["fingerprint"]:
+            raise PsfsimError(f"{path}: basis of lens {meta['lens'].get('name')!r} (fingerprint "
+                              f"{meta['fingerprint'][:12]}), not of lens {lens.name!r} ({lens.fingerprint[:12]})")
+        U, s, Vt = arrs["U"], arrs["s"], arrs["Vt"]
+        K = int(meta["rank"])
+        k = lens.psf_sampling.size_px
+        ny, nx = len(arrs["rows"]), len(arrs["cols"])
+        return cls(lens=lens, eigen_psfs=Vt[:K].reshape(K, k, k), coeffs=(U[:, :K] * s[:K]).reshape(ny, nx, K),
+                   rows=arrs["rows"], cols=arrs["cols"], singular_values=s, interp_error=float(meta["interp_error"]),
+                   rank_error=float(meta["rank_error"]), _full=dict(U=U, s=s, Vt=Vt))
 
 
 def _interp_error(lens, rows, cols, P) -> float:
@@ -245,51 +381,63 @@ class LowRankOperator:
     ----------
     basis : LowRankBasis
     shape : (int, int)
-        Window shape ``(H, W)``.
+        Window shape ``(H, W)`` (keyword-only, as ``origin``).
     origin : (int, int)
         Window origin ``(row, col)`` in the lens field.
     dtype : numpy dtype
-        Working precision (float32 default; float64 for adjoint tests).
+        Working precision (float32 default; float64 for adjoint tests). Outputs follow
+        :func:`result_dtype` of the input.
     backend : str, optional
         FFT backend (:func:`psfsim.fft.get_backend`).
+    workers : int, optional
+        Threads per FFT (default: all usable cores, or ``$PSFSIM_FFT_THREADS``); pass 1 when a threaded
+        scheduler (Dask) runs several windows at once.
+    allow_outside : bool
+        Accept a window reaching past the frame (a tile with its halo, a sample with its margin).
     """
 
-    def __init__(self, basis: LowRankBasis, shape, origin=(0, 0), *, dtype=np.float32, backend=None, allow_outside=False):
+    def __init__(self, basis: LowRankBasis, *, shape, origin=(0, 0), dtype=np.float32, backend=None, workers=None,
+                 allow_outside=False):
         from ..field import check_window
 
-        (r0, c0), (H, W) = check_window(basis.lens, origin, shape, allow_outside=allow_outside)
+        (r0, c0), (H, W) = check_window(basis.lens, origin=origin, shape=shape, allow_outside=allow_outside)
         self.basis = basis
         self.shape = (H, W)
         self.origin = (r0, c0)
         self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise PsfsimError(f"dtype = {self.dtype}: expected float32 or float64")
         self.cdtype = np.result_type(self.dtype, np.complex64)
-        self.fft = get_backend(backend)
+        self.fft = get_backend(backend, workers)
         k = basis.eigen_psfs.shape[-1]
         self.k = k
         self.pad_shape = (self.fft.next_fast_len(H + k - 1, True), self.fft.next_fast_len(W + k - 1, True))
-        #: coefficient maps ``(K, H, W)``
-        self.weights = basis.coefficient_maps(self.origin, self.shape, self.dtype)
+        self._dense = None
+        if basis.rank * H * W * self.dtype.itemsize <= _DENSE_MAPS_BYTES:
+            self._dense = basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype)
 
     @property
     def rank(self) -> int:
         return self.basis.rank
 
-    @cached_property
+    def maps(self, ks: slice = slice(None)) -> np.ndarray:
+        """Coefficient maps ``(K', H, W)`` of eigen-PSFs ``ks``: kept dense for small windows, computed per
+        chunk from the separable spline factors for large ones (a 2048 x 4096 telescope frame would need
+        ~0.5 GB dense)."""
+        if self._dense is not None:
+            return self._dense[ks]
+        return self.basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype, ks=ks)
+
+    @property
     def kernel_ft(self) -> np.ndarray:
         """Real FFTs of the eigen-PSFs on the padded grid, ``(K, Hp, Wp // 2 + 1)``.
 
-        Computed once per padded shape and dtype and kept by the basis, so the many windows of a dataset
-        (new operators of the same shape) reuse them.
+        Kept by the basis in a byte-bounded cache (:class:`KernelCache`) keyed by padded shape, dtype and
+        backend, so the many windows of a dataset or the tiles of a frame reuse them.
         """
         key = (self.pad_shape, self.dtype.str, self.fft.name)
-        cache = self.basis._kft
-        kft = cache.get(key)
-        if kft is None:
-            kft = self.fft.rfft2(self.basis.eigen_psfs.astype(self.dtype), s=self.pad_shape).astype(self.cdtype, copy=False)
-            if len(cache) > 8:
-                cache.clear()
-            cache[key] = kft
-        return kft
+        return self.basis._kft.get(key, lambda: self.fft.rfft2(self.basis.eigen_psfs.astype(self.dtype),
+                                                               s=self.pad_shape).astype(self.cdtype, copy=False))
 
     def _k_chunks(self, batch: int):
         Hp, Wp = self.pad_shape
@@ -300,34 +448,37 @@ class LowRankOperator:
 
     def _as_batch(self, a):
         b, single = as_image_batch(a, self.shape)
-        return b.astype(self.dtype, copy=False), single
+        return b.astype(self.dtype, copy=False), single, result_dtype(b)
 
     def forward(self, m: np.ndarray) -> np.ndarray:
-        """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` -> same shape, working dtype."""
-        mb, single = self._as_batch(m)
+        """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` -> same shape, dtype by :func:`result_dtype`."""
+        mb, single, odt = self._as_batch(m)
         H, W = self.shape
         c = self.k // 2
+        kft = self.kernel_ft
         acc = None
         for sl in self._k_chunks(mb.shape[0]):
-            F = self.fft.rfft2(mb[:, None] * self.weights[None, sl], s=self.pad_shape)  # (B, k, Hp, Wf)
-            term = np.einsum("bkhw,khw->bhw", F, self.kernel_ft[sl])
+            F = self.fft.rfft2(mb[:, None] * self.maps(sl)[None], s=self.pad_shape)  # (B, k, Hp, Wf)
+            term = np.einsum("bkhw,khw->bhw", F, kft[sl])
             acc = term if acc is None else acc + term
-        out = self.fft.irfft2(acc, s=self.pad_shape)[:, c : c + H, c : c + W].astype(self.dtype, copy=False)
+        out = self.fft.irfft2(acc, s=self.pad_shape)[:, c : c + H, c : c + W].astype(odt, copy=False)
         return out[0] if single else out
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
-        """Adjoint ``A^T y = sum_k w_k . (e_k correlated with y)``, same shapes as :meth:`forward`."""
-        yb, single = self._as_batch(y)
+        """Adjoint ``A^T y = sum_k w_k . (e_k correlated with y)``, same shapes and dtype rule as :meth:`forward`."""
+        yb, single, odt = self._as_batch(y)
         H, W = self.shape
         c = self.k // 2
         Hp, Wp = self.pad_shape
         ypad = np.zeros((yb.shape[0], Hp, Wp), self.dtype)
         ypad[:, c : c + H, c : c + W] = yb
         Y = self.fft.rfft2(ypad)
+        kft = self.kernel_ft
         out = np.zeros((yb.shape[0], H, W), self.dtype)
         for sl in self._k_chunks(yb.shape[0]):
-            Z = self.fft.irfft2(Y[:, None] * np.conj(self.kernel_ft[sl])[None], s=self.pad_shape)[..., :H, :W]
-            out += np.einsum("bkhw,khw->bhw", Z, self.weights[sl])
+            Z = self.fft.irfft2(Y[:, None] * np.conj(kft[sl])[None], s=self.pad_shape)[..., :H, :W]
+            out += np.einsum("bkhw,khw->bhw", Z, self.maps(sl))
+        out = out.astype(odt, copy=False)
         return out[0] if single else out
 
     __call__ = forward

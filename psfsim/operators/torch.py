@@ -1,76 +1,208 @@
-"""Differentiable fast blur in PyTorch: the low-rank product-convolution of :mod:`.lowrank` as a module.
+"""Differentiable fast blur in PyTorch: the low-rank product-convolution of :mod:`.lowrank` for batches of
+windows anywhere in the field.
 
-Follows the input's device and dtype (the eigen-PSF transforms are made once per device/dtype and cached),
-accepts ``(B, 1, H, W)`` (or ``(B, C, H, W)``, each channel blurred alike) and ``(H, W)``; autograd gives the
-gradient, and :meth:`TorchLowRankOperator.adjoint` is the explicit adjoint.
+:class:`LowRankBlur` holds one lens's basis (eigen-PSFs, node coefficients and the spline pieces, all as
+buffers in its ``state_dict``) and blurs ``x (B, C, H, W)`` whose sample ``b`` is the window at
+``origins[b] = (row, col)`` of the frame: the coefficient maps are computed on the input's device from the
+separable spline factors (``Wr (B, H, ny)``, ``Wc (B, W, nx)``), chunk by chunk of eigen-PSFs, so nothing of
+size ``(K, frame)`` ever exists. This is what blurs clean crops at random field positions on the GPU during
+training and what the pipelines' simulate route uses. It equals :class:`~.lowrank.LowRankOperator` of each
+window (tested), and :meth:`LowRankBlur.adjoint` is its adjoint.
+
+Device and dtype follow the input (float32 / float64; the eigen-PSF transforms are cached per device, dtype
+and padded shape, bounded in bytes).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
-__all__ = ["TorchLowRankOperator"]
+__all__ = ["LowRankBlur", "WindowBlur"]
+
+#: Largest complex work array of one FFT chunk (the eigen-PSFs are processed in chunks beyond it).
+_CHUNK_BYTES = 256 * 2**20
+#: Bound of the cached eigen-PSF transforms of one module.
+_KFT_BYTES = 256 * 2**20
 
 
-class TorchLowRankOperator(torch.nn.Module):
-    """Torch version of a :class:`~psfsim.operators.lowrank.LowRankOperator` (same window, same numbers).
+class LowRankBlur(torch.nn.Module):
+    """Spatially-varying blur of batches of windows of one lens field (torch, differentiable).
 
     Parameters
     ----------
-    op : LowRankOperator
-        The numpy operator whose eigen-PSFs and coefficient maps to use.
+    eigen_psfs : Tensor, (K, k, k)
+    coeffs : Tensor, (ny, nx, K)
+        Coefficient of each eigen-PSF at each grid node.
+    row_breaks, row_coefs, col_breaks, col_coefs : Tensor
+        Spline pieces of the grid's rows and columns (:class:`~.spline.SplineAxis`).
+
+    Build it with :meth:`from_basis` (or :func:`psfsim.operators.torch_blur`); a ``state_dict`` of it loads
+    into one built from the same basis.
     """
 
-    def __init__(self, op):
+    def __init__(self, eigen_psfs, coeffs, row_breaks, row_coefs, col_breaks, col_coefs):
         super().__init__()
-        self.shape = op.shape
-        self.origin = op.origin
-        self.k = op.k
-        self.pad_shape = op.pad_shape
-        self.register_buffer("weights", torch.from_numpy(np.ascontiguousarray(op.weights, np.float64)), persistent=False)
-        self.register_buffer("eigen_psfs", torch.from_numpy(np.ascontiguousarray(op.basis.eigen_psfs, np.float64)), persistent=False)
-        self._cache: dict = {}
+        f64 = dict(dtype=torch.float64)
+        self.register_buffer("eigen_psfs", torch.as_tensor(eigen_psfs, **f64))
+        self.register_buffer("coeffs", torch.as_tensor(coeffs, **f64))
+        self.register_buffer("row_breaks", torch.as_tensor(row_breaks, **f64))
+        self.register_buffer("row_coefs", torch.as_tensor(row_coefs, **f64))
+        self.register_buffer("col_breaks", torch.as_tensor(col_breaks, **f64))
+        self.register_buffer("col_coefs", torch.as_tensor(col_coefs, **f64))
+        self._kft: OrderedDict = OrderedDict()
+        #: ``(H, W)`` of the lens field, for the window check (set by :meth:`from_basis`)
+        self.field_shape = None
+
+    @classmethod
+    def from_basis(cls, basis) -> "LowRankBlur":
+        """The module of a :class:`~.lowrank.LowRankBasis` (float64 buffers on the CPU; ``.to(device)`` moves them)."""
+        m = cls(basis.eigen_psfs, basis.coeffs, basis.row_axis.breaks, basis.row_axis.coefs, basis.col_axis.breaks,
+                basis.col_axis.coefs)
+        m.field_shape = tuple(int(v) for v in basis.lens.field.shape_px)
+        return m
 
     @property
     def rank(self) -> int:
         return self.eigen_psfs.shape[0]
 
-    def _consts(self, like: torch.Tensor):
-        key = (like.device, like.dtype)
-        if key not in self._cache:
-            w = self.weights.to(device=like.device, dtype=like.dtype)
-            kf = torch.fft.rfft2(self.eigen_psfs.to(device=like.device, dtype=like.dtype), s=self.pad_shape)
-            self._cache = {key: (w, kf)}  # keep one device/dtype at a time
-        return self._cache[key]
+    @property
+    def k(self) -> int:
+        return self.eigen_psfs.shape[-1]
 
-    def _batch(self, x: torch.Tensor):
-        if x.shape[-2:] != torch.Size(self.shape):
-            raise ValueError(f"expected (..., {self.shape[0]}, {self.shape[1]}), got {tuple(x.shape)}")
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .double(): cached transforms belong to the old place
+        self._kft = OrderedDict()
+        return super()._apply(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------
+    def pad_shape(self, shape) -> tuple[int, int]:
+        import scipy.fft
+
+        H, W = shape
+        return (scipy.fft.next_fast_len(H + self.k - 1, True), scipy.fft.next_fast_len(W + self.k - 1, True))
+
+    def _kernel_ft(self, pad, like: torch.Tensor) -> torch.Tensor:
+        key = (tuple(pad), like.device, like.dtype)
+        if key in self._kft:
+            self._kft.move_to_end(key)
+            return self._kft[key]
+        kf = torch.fft.rfft2(self.eigen_psfs.to(device=like.device, dtype=like.dtype), s=pad)
+        self._kft[key] = kf
+        while len(self._kft) > 1 and sum(v.numel() * v.element_size() for v in self._kft.values()) > _KFT_BYTES:
+            self._kft.popitem(last=False)
+        return kf
+
+    def spline_factors(self, origins: torch.Tensor, shape, like: torch.Tensor):
+        """``Wr (B, H, ny)`` and ``Wc (B, W, nx)`` of windows at ``origins (B, 2)``, on ``like``'s device and dtype."""
+        from .spline import SplineAxis
+
+        H, W = shape
+        o = origins.to(device=like.device, dtype=torch.float64)
+        rows = o[:, :1] + torch.arange(H, device=like.device, dtype=torch.float64)[None]
+        cols = o[:, 1:] + torch.arange(W, device=like.device, dtype=torch.float64)[None]
+        dev = dict(device=like.device)
+        Wr = SplineAxis.weights_torch(rows, self.row_coefs.to(**dev), self.row_breaks.to(**dev))
+        Wc = SplineAxis.weights_torch(cols, self.col_coefs.to(**dev), self.col_breaks.to(**dev))
+        return Wr.to(like.dtype), Wc.to(like.dtype)
+
+    def coefficient_maps(self, origins: torch.Tensor, shape, like: torch.Tensor, ks: slice = slice(None)) -> torch.Tensor:
+        """Coefficient maps ``(B, K', H, W)`` of eigen-PSFs ``ks`` for windows at ``origins (B, 2)``."""
+        Wr, Wc = self.spline_factors(origins, shape, like)
+        C = self.coeffs[:, :, ks].to(device=like.device, dtype=like.dtype)
+        T = torch.einsum("nha,abk->nkhb", Wr, C)  # rows first: (B, K', H, nx)
+        return torch.einsum("nkhb,nwb->nkhw", T, Wc)
+
+    def _check(self, x: torch.Tensor, origins, allow_outside: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            raise ValueError(f"expected x of shape (B, C, H, W), got {tuple(getattr(x, 'shape', ()))}")
         if not torch.is_floating_point(x):
             raise TypeError(f"expected a floating-point tensor, got {x.dtype}")
+        o = torch.as_tensor(origins)
+        if o.shape != (x.shape[0], 2):
+            raise ValueError(f"origins of shape {tuple(o.shape)}: expected ({x.shape[0]}, 2), one (row, col) per sample")
+        if torch.is_floating_point(o) and not torch.equal(o, o.round()):
+            raise ValueError("origins: expected whole pixel positions (row, col)")
+        shape = getattr(self, "field_shape", None)
+        if not allow_outside and shape is not None and len(o):
+            H, W = x.shape[-2:]
+            lo = o.min(dim=0).values
+            hi = o.max(dim=0).values
+            if int(lo[0]) < 0 or int(lo[1]) < 0 or int(hi[0]) + H > shape[0] or int(hi[1]) + W > shape[1]:
+                bad = ((o[:, 0] < 0) | (o[:, 1] < 0) | (o[:, 0] + H > shape[0]) | (o[:, 1] + W > shape[1])).nonzero()[0, 0]
+                raise ValueError(f"window of shape {(H, W)} at origin {tuple(int(v) for v in o[bad])} (sample "
+                                 f"{int(bad)}) does not fit in the lens field of shape {shape} (pass allow_outside=True "
+                                 "for windows with a margin past the frame)")
+        return x, o
+
+    def _chunks(self, B: int, C: int, pad, like: torch.Tensor):
+        per = B * C * pad[0] * (pad[1] // 2 + 1) * 2 * like.element_size()
+        step = max(1, int(_CHUNK_BYTES // max(per, 1)))
+        return [slice(i, min(i + step, self.rank)) for i in range(0, self.rank, step)]
+
+    def forward(self, x: torch.Tensor, origins, *, allow_outside: bool = False) -> torch.Tensor:
+        """Blur ``x (B, C, H, W)``: sample ``b`` is the window at ``origins[b] = (row, col)`` of the frame.
+
+        Zero boundary (light from outside the window is absent), as the numpy operator. Same shape, device
+        and dtype out; differentiable in ``x``. Windows must fit in the frame unless ``allow_outside``.
+        """
+        x, o = self._check(x, origins, allow_outside)
+        B, C, H, W = x.shape
+        pad = self.pad_shape((H, W))
+        kf = self._kernel_ft(pad, x)
+        c = self.k // 2
+        acc = None
+        for sl in self._chunks(B, C, pad, x):
+            w = self.coefficient_maps(o, (H, W), x, sl)  # (B, K', H, W)
+            F = torch.fft.rfft2(x[:, :, None] * w[:, None], s=pad)  # (B, C, K', Hp, Wf)
+            term = (F * kf[sl]).sum(dim=2)
+            acc = term if acc is None else acc + term
+        return torch.fft.irfft2(acc, s=pad)[..., c : c + H, c : c + W]
+
+    def adjoint(self, y: torch.Tensor, origins, *, allow_outside: bool = False) -> torch.Tensor:
+        """Adjoint ``A^T y`` of :meth:`forward` for ``y (B, C, H, W)`` at ``origins (B, 2)``."""
+        y, o = self._check(y, origins, allow_outside)
+        B, C, H, W = y.shape
+        pad = self.pad_shape((H, W))
+        kf = self._kernel_ft(pad, y)
+        c = self.k // 2
+        Y = torch.fft.rfft2(torch.nn.functional.pad(y, (c, pad[1] - W - c, c, pad[0] - H - c)))
+        out = torch.zeros_like(y)
+        for sl in self._chunks(B, C, pad, y):
+            Z = torch.fft.irfft2(Y[:, :, None] * kf[sl].conj(), s=pad)[..., :H, :W]  # (B, C, K', H, W)
+            out = out + (Z * self.coefficient_maps(o, (H, W), y, sl)[:, None]).sum(dim=2)
+        return out
+
+
+class WindowBlur(torch.nn.Module):
+    """One fixed window of the field as a torch module: ``module(x (..., H, W))``, with :meth:`adjoint`.
+
+    Wraps :class:`LowRankBlur` (no dense coefficient maps); built by :func:`psfsim.operators.to_torch` from a
+    numpy :class:`~.lowrank.LowRankOperator`.
+    """
+
+    def __init__(self, op):
+        super().__init__()
+        self.blur = LowRankBlur.from_basis(op.basis)
+        self.shape = tuple(op.shape)
+        self.register_buffer("origin", torch.tensor(op.origin, dtype=torch.int64))
+        self.blur.field_shape = None  # the numpy operator checked (or explicitly allowed) its window
+
+    @property
+    def rank(self) -> int:
+        return self.blur.rank
+
+    def _call(self, fn, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != torch.Size(self.shape):
+            raise ValueError(f"expected (..., {self.shape[0]}, {self.shape[1]}), got {tuple(x.shape)}")
         lead = x.shape[:-2]
-        return x.reshape(-1, *self.shape), lead
+        xb = x.reshape(-1, 1, *self.shape)
+        out = fn(xb, self.origin.expand(xb.shape[0], 2))
+        return out.reshape(*lead, *self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Blur ``x`` of shape ``(..., H, W)``; same shape, device and dtype."""
-        xb, lead = self._batch(x)
-        w, kf = self._consts(xb)
-        H, W = self.shape
-        c = self.k // 2
-        F = torch.fft.rfft2(xb[:, None] * w[None], s=self.pad_shape)  # (N, K, Hp, Wf)
-        acc = (F * kf[None]).sum(dim=1)
-        out = torch.fft.irfft2(acc, s=self.pad_shape)[:, c : c + H, c : c + W]
-        return out.reshape(*lead, H, W)
+        return self._call(self.blur.forward, x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Adjoint blur ``A^T y`` of ``y (..., H, W)``."""
-        yb, lead = self._batch(y)
-        w, kf = self._consts(yb)
-        H, W = self.shape
-        c = self.k // 2
-        Hp, Wp = self.pad_shape
-        ypad = torch.nn.functional.pad(yb, (c, Wp - W - c, c, Hp - H - c))
-        Y = torch.fft.rfft2(ypad)
-        Z = torch.fft.irfft2(Y[:, None] * kf.conj()[None], s=self.pad_shape)[..., :H, :W]
-        return (Z * w[None]).sum(dim=1).reshape(*lead, H, W)
+        return self._call(self.blur.adjoint, y)

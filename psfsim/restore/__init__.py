@@ -7,7 +7,7 @@ from .wiener import estimate_noise_sigma, wiener
 __all__ = ["wiener", "sv_wiener", "richardson_lucy", "RLResult", "estimate_noise_sigma", "reference_psf"]
 
 
-def reference_psf(lens, origin, shape, which: str = "axis"):
+def reference_psf(lens, *, origin, shape, which: str = "axis"):
     """The single PSF for a global Wiener filter of a window: on the optical axis (``"axis"``), at the window's
     centre (``"centre"``), or the average over a 5 x 5 grid of the window (``"mean"``)."""
     import numpy as np

@@ -34,7 +34,8 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
     Parameters
     ----------
     image : ndarray, (H, W)
-        Blurred, noisy data (negative values from read noise are clipped to 0).
+        Blurred, noisy data (negative values from read noise are clipped to 0). Iterates in float32; the
+        result's dtype follows :func:`psfsim.operators.result_dtype` of the input.
     op : operator
         E.g. :func:`psfsim.make_operator` for the image's window.
     iters : int
@@ -46,8 +47,11 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
     progress : bool
         Show a tqdm progress bar.
     """
+    from ..operators.lowrank import result_dtype
+
     if int(iters) != iters or iters < 1:
         raise PsfsimError(f"iters = {iters!r}: expected a whole number >= 1")
+    odt = result_dtype(image)
     y = np.clip(np.asarray(image, np.float64), 0, None).astype(np.float32)
     norm = np.maximum(op.adjoint(np.ones_like(y)), eps)
     x = np.full_like(y, max(float(y.mean()), eps))
@@ -63,5 +67,5 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
             x = x_new
             bar.update(1)
             if tol is not None and change < tol:
-                return RLResult(x, n, change, True)
-    return RLResult(x, n, change, tol is None)
+                return RLResult(x.astype(odt, copy=False), n, change, True)
+    return RLResult(x.astype(odt, copy=False), n, change, tol is None)

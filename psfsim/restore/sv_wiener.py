@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import PsfsimError
 from ..fft import get_backend
-from .wiener import psf_tf, regulariser_tf2, resolve_balance, wiener_filter
+from .wiener import psf_tf, raised_cosine_ramp, regulariser_tf2, resolve_balance, wiener_filter
 
 __all__ = ["sv_wiener", "patch_starts", "blend_weights_1d"]
 
@@ -45,40 +45,51 @@ def blend_weights_1d(start: int, size: int, n: int) -> np.ndarray:
     return w
 
 
-def sv_wiener(image: np.ndarray, lens, origin=(0, 0), *, patch: int = 64, balance: float | None = None,
+def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balance: float | None = None,
               noise_sigma: float | None = None, reg: str = "gradient", backend: str | None = None,
-              psf_at=None) -> np.ndarray:
-    """Spatially-varying Wiener deconvolution of a window ``(H, W)`` of the lens field at ``origin``.
+              workers: int | None = None, psf_at=None) -> np.ndarray:
+    """Spatially-varying Wiener deconvolution of a window ``(H, W)`` (or a batch ``(B, H, W)`` of images of that
+    one window) of the lens field at ``origin``.
 
     Parameters
     ----------
-    image : ndarray, (H, W)
+    image : ndarray, (H, W) or (B, H, W)
+        The balance is resolved per image, as :func:`psfsim.restore.wiener.wiener` does.
     lens : Lens
-    origin : (int, int)
+    origin : (int, int), keyword-only
         Window origin in the field (the PSF of each patch is the one at its centre's field point).
     patch : int
         Patch side in pixels (even, >= 2 PSF sizes recommended); stride is ``patch // 2``.
     balance, noise_sigma, reg : as :func:`psfsim.restore.wiener.wiener`.
+    backend, workers : FFT backend and threads per transform (1 under a threaded scheduler).
     psf_at : callable, optional
         ``psf_at(rows, cols) -> (N, k, k)`` PSFs at frame pixel positions; default the lens's exact PSFs
         (:meth:`LowRankBasis.psfs_at` gives the interpolated ones, much faster when windows change often).
 
     Returns
     -------
-    ndarray, (H, W) float32 (float64 for float64 input)
+    ndarray, the image's shape; dtype by :func:`psfsim.operators.result_dtype`.
     """
+    from ..field import check_window
+    from ..operators.lowrank import result_dtype
+
     image = np.asarray(image)
-    if image.ndim != 2:
-        raise PsfsimError(f"image of shape {image.shape}: expected (H, W)")
-    if patch < 8 or patch % 2:
+    if image.ndim not in (2, 3):
+        raise PsfsimError(f"image of shape {image.shape}: expected (H, W) or (B, H, W)")
+    if int(patch) != patch or patch < 8 or patch % 2:
         raise PsfsimError(f"patch = {patch!r}: expected an even number >= 8")
-    dtype = np.result_type(image.dtype, np.float32)
+    patch = int(patch)
+    origin, _ = check_window(lens, origin=origin, shape=image.shape[-2:])
+    dtype = result_dtype(image)
+    if image.ndim == 3:
+        return np.stack([sv_wiener(im, lens, origin=origin, patch=patch, balance=balance, noise_sigma=noise_sigma,
+                                   reg=reg, backend=backend, workers=workers, psf_at=psf_at) for im in image]).astype(dtype, copy=False)
     img = image.astype(dtype, copy=False)
     H, W = img.shape
     ph, pw = min(patch, H), min(patch, W)
     k = lens.psf_sampling.size_px
     m = k  # context margin
-    fft = get_backend(backend)
+    fft = get_backend(backend, workers)
     padded = np.pad(img, m, mode="symmetric")
     rs, cs = patch_starts(H, ph), patch_starts(W, pw)
     starts = [(r, c) for r in rs for c in cs]
@@ -96,7 +107,7 @@ def sv_wiener(image: np.ndarray, lens, origin=(0, 0), *, patch: int = 64, balanc
     # taper of the context margin (raised cosine from the core edge to the tile edge)
     def taper(n_core, n_tot):
         t = np.ones(n_tot)
-        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
+        ramp = raised_cosine_ramp(m)
         t[:m], t[m + n_core : 2 * m + n_core] = ramp, ramp[::-1]
         t[2 * m + n_core :] = 0.0
         return t

@@ -30,9 +30,16 @@ import numpy as np
 from ..errors import PsfsimError
 from ..fft import get_backend
 
-__all__ = ["wiener", "wiener_filter", "gradient_tf2", "regulariser_tf2", "psf_tf", "estimate_noise_sigma", "BOUNDARIES", "REGULARISERS"]
+__all__ = ["wiener", "wiener_filter", "gradient_tf2", "regulariser_tf2", "psf_tf", "estimate_noise_sigma",
+           "raised_cosine_ramp", "BOUNDARIES", "REGULARISERS"]
 
 BOUNDARIES = ("reflect", "taper", "periodic")
+
+
+def raised_cosine_ramp(n: int) -> np.ndarray:
+    """``(n,)`` rising raised-cosine ramp ``0.5 - 0.5 cos(pi (i + 0.5) / n)``, strictly between 0 and 1: the
+    edge taper of Wiener's padding and of SV Wiener's patch context."""
+    return 0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
 
 
 def psf_tf(psf: np.ndarray, shape, fft) -> np.ndarray:
@@ -73,7 +80,7 @@ def _pad(image: np.ndarray, pad: int, boundary: str) -> np.ndarray:
     if boundary == "taper":
         H, W = image.shape[-2:]
         t = np.ones(H + 2 * pad)
-        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(pad) + 0.5) / pad)
+        ramp = raised_cosine_ramp(pad)
         t[:pad], t[-pad:] = ramp, ramp[::-1]
         u = np.ones(W + 2 * pad)
         u[:pad], u[-pad:] = ramp, ramp[::-1]
@@ -168,7 +175,8 @@ def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
 
 
 def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, noise_sigma: float | None = None,
-           reg: str = "gradient", boundary: str = "reflect", backend: str | None = None, clip: bool = False) -> np.ndarray:
+           reg: str = "gradient", boundary: str = "reflect", backend: str | None = None, workers: int | None = None,
+           clip: bool = False) -> np.ndarray:
     """Deconvolve ``image`` ``(H, W)`` or ``(B, H, W)`` by one centred ``psf`` ``(k, k)``.
 
     Parameters
@@ -179,26 +187,32 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
         Noise RMS in image units (e.g. from :meth:`psfsim.noise.NoiseModel.sigma`); estimated if absent.
     reg : {"gradient", "laplacian", "identity"}
     boundary : {"reflect", "taper", "periodic"}
+    backend, workers : FFT backend and threads per transform (default all cores; 1 under a threaded scheduler).
     clip : bool
         Clip the result to [0, 1] (skimage's default; off here).
 
     Returns
     -------
-    ndarray, same shape as ``image``, float32 (float64 for float64 input).
+    ndarray, same shape as ``image``; dtype by :func:`psfsim.operators.result_dtype` (float32 for float32 or
+    integer input, float64 for float64).
     """
     if boundary not in BOUNDARIES:
         raise PsfsimError(f"boundary = {boundary!r}: expected one of {', '.join(BOUNDARIES)}")
     if reg not in REGULARISERS:
         raise PsfsimError(f"reg = {reg!r}: expected one of {', '.join(REGULARISERS)}")
+    from ..operators.lowrank import result_dtype
+
     image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise PsfsimError(f"image of shape {image.shape}: expected (H, W) or (B, H, W)")
     single = image.ndim == 2
     img = image[None] if single else image
-    dtype = np.result_type(img.dtype, np.float32)
+    dtype = result_dtype(img)
     img = img.astype(dtype, copy=False)
     psf = np.asarray(psf, dtype)
     # one balance per image (the noise estimate must not depend on what else is in the batch)
     bal = np.array([resolve_balance(im, balance, noise_sigma, reg) for im in img], np.float32)[:, None, None]
-    fft = get_backend(backend)
+    fft = get_backend(backend, workers)
     k = max(psf.shape)
     pad = 0 if boundary == "periodic" else k
     big = _pad(img, pad, boundary)

@@ -43,7 +43,7 @@ def test_window_blur_equals_crop_of_blurred_frame(small_lens):
         frame[origin[0] : origin[0] + 48 + 2 * m, origin[1] : origin[1] + 64 + 2 * m] = src
         frame = frame[m : m + H, m : m + W]
         frame /= frame[max(0, origin[0] - m) : origin[0] + 48 + m, max(0, origin[1] - m) : origin[1] + 64 + m].max()
-        full = lowrank_basis(small_lens).operator((H, W), (0, 0))(frame.astype(np.float32))
+        full = lowrank_basis(small_lens).operator(shape=(H, W), origin=(0, 0))(frame.astype(np.float32))
         crop = full[origin[0] : origin[0] + 48, origin[1] : origin[1] + 64]
         np.testing.assert_allclose(s["blurred"], crop, atol=2e-6)
         np.testing.assert_allclose(s["sharp"], frame[origin[0] : origin[0] + 48, origin[1] : origin[1] + 64], atol=1e-6)

@@ -6,7 +6,7 @@ import torch
 from scipy.signal import convolve
 
 import psfsim
-from psfsim.operators import ExactOperator, LowRankBasis, blur, lowrank_basis, make_operator, to_torch
+from psfsim.operators import ExactOperator, LowRankBasis, blur, lowrank_basis, make_operator, to_torch, torch_blur
 
 from .conftest import make_lens
 
@@ -21,14 +21,14 @@ def microscope_small():
 
 @pytest.fixture(scope="module")
 def exact_small(microscope_small):
-    return ExactOperator(microscope_small, (48, 48), (0, 0))
+    return ExactOperator(microscope_small, shape=(32, 32), origin=(0, 0))
 
 
 def test_impulse_response_is_the_psf_of_the_source_pixel(microscope_small, exact_small):
     lens = microscope_small
     k = lens.psf_sampling.size_px
     src = (20, 17)
-    img = np.zeros((48, 48))
+    img = np.zeros((32, 32))
     img[src] = 1.0
     x, y = lens.field.pixel_to_field(*src)
     psf = lens.psf(float(x), float(y))
@@ -36,9 +36,9 @@ def test_impulse_response_is_the_psf_of_the_source_pixel(microscope_small, exact
     # the response is cropped by the window's edge where the box reaches past it
     r0, c0 = max(0, src[0] - c), max(0, src[1] - c)
     out = exact_small(img)
-    ref = psf[r0 - (src[0] - c):, c0 - (src[1] - c):][: 48 - r0, : 48 - c0]
+    ref = psf[r0 - (src[0] - c):, c0 - (src[1] - c):][: 32 - r0, : 32 - c0]
     np.testing.assert_allclose(out[r0 : r0 + ref.shape[0], c0 : c0 + ref.shape[1]], ref, atol=1e-14)
-    fast = make_operator(lens, (48, 48), (0, 0), dtype=np.float64)(img)
+    fast = make_operator(lens, shape=(32, 32), origin=(0, 0), dtype=np.float64)(img)
     got = fast[r0 : r0 + ref.shape[0], c0 : c0 + ref.shape[1]]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.01
 
@@ -50,7 +50,7 @@ def test_field_constant_lens_is_a_plain_convolution(method):
     assert lens.field_constant
     img = np.random.default_rng(1).random((40, 52))
     ref = convolve(img, lens.psf(0.0, 0.0), mode="same")
-    op = make_operator(lens, img.shape, (3, 5), method=method, dtype=np.float64)
+    op = make_operator(lens, shape=img.shape, origin=(3, 5), method=method, dtype=np.float64)
     if method == "fast":
         assert op.rank == 1
     np.testing.assert_allclose(op(img), ref, atol=1e-12 if method == "exact" else 1e-10)
@@ -67,17 +67,17 @@ def _adjoint_gap(A, At, shape, rng):
 def test_adjointness_numpy(microscope_small, exact_small):
     """<A x, y> = <x, A^T y> to 1e-5 relative in float64 (deepinv's adjointness check, for every operator)."""
     rng = np.random.default_rng(2)
-    fast = make_operator(microscope_small, (48, 48), (0, 0), dtype=np.float64)
-    relay = make_operator(psfsim.load_lens("relay"), (40, 56), (100, 900), dtype=np.float64)
+    fast = make_operator(microscope_small, shape=(32, 32), origin=(0, 0), dtype=np.float64)
+    relay = make_operator(psfsim.load_lens("relay"), shape=(40, 56), origin=(100, 900), dtype=np.float64)
     for op in (exact_small, fast, relay):
         assert _adjoint_gap(op.forward, op.adjoint, op.shape, rng) < 1e-5
     # batched (B, H, W) too
-    x = rng.standard_normal((3, 48, 48))
+    x = rng.standard_normal((3, 32, 32))
     np.testing.assert_allclose(fast(x)[1], fast(x[1]), atol=1e-12)
 
 
 def test_adjointness_and_gradients_torch(microscope_small):
-    op = make_operator(microscope_small, (24, 20), (30, 40), dtype=np.float64)
+    op = make_operator(microscope_small, shape=(24, 20), origin=(30, 40), dtype=np.float64)
     T = to_torch(op)
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.standard_normal((2, 1, 24, 20)))
@@ -95,7 +95,7 @@ def test_adjointness_and_gradients_torch(microscope_small):
 
 
 def test_numpy_and_torch_fast_operators_agree_float32(microscope_small):
-    op = make_operator(microscope_small, (48, 48), (10, 20))
+    op = make_operator(microscope_small, shape=(48, 48), origin=(10, 20))
     T = to_torch(op)
     x = np.random.default_rng(4).random((2, 48, 48)).astype(np.float32)
     out_t = T(torch.from_numpy(x)[:, None])
@@ -105,15 +105,15 @@ def test_numpy_and_torch_fast_operators_agree_float32(microscope_small):
 
 
 def test_error_falls_with_rank_and_auto_rank_is_below_one_percent(microscope_small, exact_small):
-    img = np.random.default_rng(5).random((48, 48))
+    img = np.random.default_rng(5).random((32, 32))
     ref = exact_small(img)
     basis = lowrank_basis(microscope_small)
     errs = []
     for K in (1, 2, 3, 5):
-        op = basis.with_rank(K).operator((48, 48), (0, 0), dtype=np.float64)
+        op = basis.with_rank(K).operator(shape=(32, 32), origin=(0, 0), dtype=np.float64)
         errs.append(np.linalg.norm(op(img) - ref) / np.linalg.norm(ref))
     assert all(a > b for a, b in zip(errs[:2], errs[1:3]))
-    auto = basis.operator((48, 48), (0, 0), dtype=np.float64)
+    auto = basis.operator(shape=(32, 32), origin=(0, 0), dtype=np.float64)
     assert np.linalg.norm(auto(img) - ref) / np.linalg.norm(ref) < 0.01
 
 
@@ -123,14 +123,14 @@ def test_auto_rank_below_one_percent_for_every_preset(preset):
     """Fast vs exact on a window at the field's corner (strongest aberrations) for each preset."""
     lens = psfsim.load_lens(preset)
     shape = (40, 40)
-    exact = ExactOperator(lens, shape, (0, 0))
+    exact = ExactOperator(lens, shape=shape, origin=(0, 0))
     img = np.random.default_rng(6).random(shape)
     ref = exact(img)
     basis = lowrank_basis(lens)
-    fast = basis.operator(shape, (0, 0), dtype=np.float64)
+    fast = basis.operator(shape=shape, origin=(0, 0), dtype=np.float64)
     err = np.linalg.norm(fast(img) - ref) / np.linalg.norm(ref)
     assert err < 0.01, (preset, basis.rank, err)
-    lower = basis.with_rank(max(1, basis.rank // 3)).operator(shape, (0, 0), dtype=np.float64)
+    lower = basis.with_rank(max(1, basis.rank // 3)).operator(shape=shape, origin=(0, 0), dtype=np.float64)
     assert np.linalg.norm(lower(img) - ref) / np.linalg.norm(ref) > err
 
 
@@ -138,18 +138,163 @@ def test_window_of_the_fast_operator_is_consistent():
     """Coefficient maps of a window are the crop of the full frame's (one field convention)."""
     lens = psfsim.load_lens("relay")
     b = lowrank_basis(lens)
-    full = b.coefficient_maps((0, 0), (200, 300))
-    win = b.coefficient_maps((50, 70), (64, 80))
+    full = b.coefficient_maps(origin=(0, 0), shape=(200, 300))
+    win = b.coefficient_maps(origin=(50, 70), shape=(64, 80))
     np.testing.assert_allclose(win, full[:, 50:114, 70:150], rtol=1e-5, atol=1e-7)
 
 
 def test_blur_api_and_errors(microscope_small):
     img = np.random.default_rng(7).random((32, 32))
     out = blur(img, microscope_small, origin=(8, 8))
-    assert out.shape == (32, 32) and out.dtype == np.float32
+    assert out.shape == (32, 32) and out.dtype == np.float64  # the dtype rule: float64 in, float64 out
+    assert blur(img.astype(np.float32), microscope_small, origin=(8, 8)).dtype == np.float32
+    # a window reaching past the frame only with the explicit opt-in
+    assert blur(img, microscope_small, origin=(-4, 80), allow_outside=True).shape == (32, 32)
     with pytest.raises(psfsim.PsfsimError, match="does not fit"):
         blur(img, microscope_small, origin=(80, 0))
     with pytest.raises(psfsim.PsfsimError, match="method"):
-        make_operator(microscope_small, (8, 8), method="magic")
+        make_operator(microscope_small, shape=(8, 8), method="magic")
     with pytest.raises(psfsim.PsfsimError, match="rank"):
         LowRankBasis.build(microscope_small, rank=0)
+
+
+def test_windows_are_keyword_only(microscope_small):
+    """Two int pairs swapped would be a valid wrong window: positional windows are refused everywhere."""
+    from psfsim.restore import reference_psf, sv_wiener
+
+    img = np.zeros((16, 16))
+    with pytest.raises(TypeError):
+        make_operator(microscope_small, (16, 16), (0, 0))
+    with pytest.raises(TypeError):
+        lowrank_basis(microscope_small).operator((16, 16), (0, 0))
+    with pytest.raises(TypeError):
+        ExactOperator(microscope_small, (16, 16), (0, 0))
+    with pytest.raises(TypeError):
+        blur(img, microscope_small, (0, 0))
+    with pytest.raises(TypeError):
+        sv_wiener(img, microscope_small, (0, 0))
+    with pytest.raises(TypeError):
+        psfsim.field_coords(microscope_small, (0, 0), (16, 16))
+    with pytest.raises(TypeError):
+        reference_psf(microscope_small, (0, 0), (16, 16))
+
+
+@pytest.mark.parametrize("dtype, expected", [(np.float32, np.float32), (np.float64, np.float64), (np.uint16, np.float32),
+                                             (np.int64, np.float32), (np.float16, np.float32), (bool, np.float32)])
+def test_one_output_dtype_rule(microscope_small, dtype, expected):
+    """Every operator and restoration: float32/float64 kept, other real input -> float32 (psfsim.operators docs)."""
+    from psfsim.restore import richardson_lucy, sv_wiener, wiener
+
+    lens = microscope_small
+    img = (np.random.default_rng(8).random((24, 24)) * (1 if dtype is bool else 100)).astype(dtype)
+    fast = make_operator(lens, shape=(24, 24), origin=(10, 10))
+    exact = ExactOperator(lens, shape=(8, 8), origin=(10, 10))
+    outs = {
+        "fast": fast(img), "fast.adjoint": fast.adjoint(img), "exact": exact(img[:8, :8]),
+        "exact.adjoint": exact.adjoint(img[:8, :8]), "blur": blur(img, lens, origin=(10, 10)),
+        "wiener": wiener(img, lens.psf(0, 0)), "sv_wiener": sv_wiener(img, lens, origin=(10, 10), patch=16),
+        "rl": richardson_lucy(img, fast, iters=2).image,
+    }
+    for name, out in outs.items():
+        assert out.dtype == expected, (name, out.dtype)
+    with pytest.raises(psfsim.PsfsimError, match="complex"):
+        fast(img.astype(np.complex64))
+
+
+def test_torch_batch_blur_equals_numpy_at_every_origin(microscope_small):
+    """LowRankBlur(x (B, C, H, W), origins (B, 2)) equals the numpy operator of each sample's window, channels
+    alike, in float64 (1e-13) and float32 (2e-6 of the max); the window check names the bad sample."""
+    m = torch_blur(microscope_small)
+    basis = lowrank_basis(microscope_small)
+    rng = np.random.default_rng(9)
+    x = rng.random((4, 2, 24, 20))
+    origins = np.array([[0, 0], [30, 40], [72, 76], [5, 70]])
+    out = m(torch.from_numpy(x), torch.from_numpy(origins))
+    back = m.adjoint(torch.from_numpy(x), torch.from_numpy(origins))
+    for b, o in enumerate(origins):
+        op = basis.operator(shape=(24, 20), origin=tuple(o), dtype=np.float64)
+        np.testing.assert_allclose(out[b].numpy(), op(x[b]), rtol=0, atol=1e-13)
+        np.testing.assert_allclose(back[b].numpy(), op.adjoint(x[b]), rtol=0, atol=1e-13)
+    out32 = m(torch.from_numpy(x).float(), torch.from_numpy(origins))
+    assert out32.dtype == torch.float32
+    np.testing.assert_allclose(out32.numpy(), out.numpy(), rtol=0, atol=2e-6 * float(x.max()))
+    with pytest.raises(ValueError, match=r"origin \(80, 0\) \(sample 1\) does not fit"):
+        m(torch.from_numpy(x[:2]), torch.tensor([[0, 0], [80, 0]]))
+    assert m(torch.from_numpy(x[:1]), torch.tensor([[-3, 90]]), allow_outside=True).shape == (1, 2, 24, 20)
+    # the module's state is its state_dict: a fresh module loaded from it gives the same numbers
+    sd = m.state_dict()
+    assert set(sd) == {"eigen_psfs", "coeffs", "row_breaks", "row_coefs", "col_breaks", "col_coefs"}
+    m2 = type(m)(**{k: torch.zeros_like(v) for k, v in sd.items()})
+    m2.load_state_dict(sd)
+    torch.testing.assert_close(m2(torch.from_numpy(x), torch.from_numpy(origins)), out, rtol=0, atol=0)
+
+
+def test_coefficient_maps_chunked_equal_dense(microscope_small, monkeypatch):
+    """Large windows compute the maps per chunk of K from the spline factors: same numbers as the dense path."""
+    import psfsim.operators.lowrank as lr
+
+    basis = lowrank_basis(microscope_small).with_rank(5)
+    img = np.random.default_rng(10).random((2, 40, 40))
+    dense = basis.operator(shape=(40, 40), origin=(20, 30), dtype=np.float64)
+    assert dense._dense is not None
+    monkeypatch.setattr(lr, "_DENSE_MAPS_BYTES", 0)
+    monkeypatch.setattr(lr, "_FFT_CHUNK_BYTES", 1)  # one eigen-PSF per chunk
+    chunked = basis.operator(shape=(40, 40), origin=(20, 30), dtype=np.float64)
+    assert chunked._dense is None and len(chunked._k_chunks(2)) == 5
+    np.testing.assert_allclose(chunked(img), dense(img), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(chunked.adjoint(img), dense.adjoint(img), rtol=0, atol=1e-14)
+
+
+def test_kernel_cache_is_bounded_in_bytes(microscope_small):
+    basis = LowRankBasis.build(microscope_small, rank=3, grid=(3, 3))
+    basis._kft.max_bytes = 3 * 2**20
+    for n in range(30, 90, 4):  # 15 window shapes, as edge tiles make
+        op = basis.operator(shape=(n, n + 1), origin=(0, 0))
+        op(np.ones((n, n + 1), np.float32))
+        assert basis._kft.nbytes <= basis._kft.max_bytes or len(basis._kft) == 1
+    assert 1 <= len(basis._kft) < 15
+
+
+@pytest.mark.filterwarnings("ignore::psfsim.NyquistWarning")
+def test_basis_is_cached_by_description_not_identity(microscope_small):
+    """Two loads of one description, or an unpickled lens, share one basis (no rebuild per worker)."""
+    import pickle
+
+    d = microscope_small.to_dict()
+    a, b = psfsim.lens_from_dict(d), psfsim.lens_from_dict(d)
+    assert a is not b and a == b and hash(a) == hash(b)
+    assert lowrank_basis(a) is lowrank_basis(b) is lowrank_basis(pickle.loads(pickle.dumps(a)))
+    d["optics"]["na"] = 0.71
+    assert lowrank_basis(psfsim.lens_from_dict(d)) is not lowrank_basis(a)
+
+
+@pytest.mark.filterwarnings("ignore::psfsim.NyquistWarning")
+def test_basis_save_load_round_trip(microscope_small, tmp_path):
+    import pickle
+
+    basis = lowrank_basis(microscope_small)
+    path = basis.save(tmp_path / "basis.npz")
+    for loaded in (LowRankBasis.load(path), LowRankBasis.load(path, lens=microscope_small)):
+        assert loaded.lens == microscope_small and loaded.rank == basis.rank
+        np.testing.assert_array_equal(loaded.eigen_psfs, basis.eigen_psfs)
+        np.testing.assert_array_equal(loaded.node_psfs, basis.node_psfs)
+        assert loaded.with_rank(2).rank_error == basis.with_rank(2).rank_error
+        x = np.random.default_rng(11).random((20, 20))
+        np.testing.assert_array_equal(loaded.operator(shape=(20, 20), origin=(7, 9))(x),
+                                      basis.operator(shape=(20, 20), origin=(7, 9))(x))
+    other = psfsim.lens_from_dict({**microscope_small.to_dict(), "name": "other"})
+    with pytest.raises(psfsim.PsfsimError, match="not of lens 'other'"):
+        LowRankBasis.load(path, lens=other)
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(psfsim.PsfsimError, match="not a saved psfsim basis"):
+        LowRankBasis.load(tmp_path / "junk.npz")
+    # pickled for workers without its transform cache
+    basis.operator(shape=(20, 20), origin=(0, 0))(np.ones((20, 20), np.float32))
+    assert len(basis._kft) >= 1
+    assert len(pickle.loads(pickle.dumps(basis))._kft) == 0
+
+
+def test_fft_threads_follow_workers(microscope_small):
+    op = make_operator(microscope_small, shape=(16, 16), workers=1)
+    assert op.fft.workers == 1
+    assert make_operator(microscope_small, shape=(16, 16), workers=2).fft.workers == 2
