@@ -202,22 +202,19 @@ def _check_out(out: Path) -> None:
 
 
 def _write_with_record(out: Path, array, record: dict) -> None:
-    """The image, then a JSON sidecar ``OUT.json`` with what made it (lens, parameters, seed, version)."""
+    """The image and its JSON sidecar ``OUT.json`` (lens, parameters, seed, version): one output, both land
+    or neither (:func:`psfsim.store.atomic_outputs`)."""
     import json
 
     from ._version import __version__
-    from .io import atomic_path, write_array
+    from .io import write_array_to
+    from .store import atomic_outputs
 
     record = {"psfsim_version": __version__, **record}
     side = out.with_name(out.name + ".json")
-    tmp = atomic_path(side)
-    try:
-        tmp.write_text(json.dumps(record, indent=2, default=float))
-        write_array(out, array)
-        tmp.replace(side)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_outputs(out, side) as (tmp_img, tmp_side):
+        write_array_to(tmp_img, array, out.suffix.lower())
+        tmp_side.write_text(json.dumps(record, indent=2, default=float))
 
 
 def _check_noise_args(args) -> None:

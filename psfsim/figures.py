@@ -20,11 +20,14 @@ def _plt():
 
 def save_atomic_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Save a figure to a temporary name, then rename: never a half-written PNG."""
+    from .store import atomic_file
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    tmp.replace(path)
-    _plt().close(fig)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        _plt().close(fig)
     return path
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import PsfsimError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "write_array", "atomic_path", "luminance"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "write_array", "write_array_to", "luminance"]
 
 IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".fits", ".fit", ".fts")
 
@@ -24,11 +24,6 @@ def luminance(img: np.ndarray) -> np.ndarray:
     if img.ndim == 3 and img.shape[-1] in (3, 4):
         return img[..., :3].astype(np.float64) @ _LUMA
     return img
-
-
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` (same folder and suffix) to write to before renaming."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
 def read_image(path: str | os.PathLike, *, allow_nd: bool = False) -> np.ndarray:
@@ -95,28 +90,30 @@ def write_array(path: str | os.PathLike, a: np.ndarray, *, like: str | None = No
         raise PsfsimError(f"{p}: output path is a directory")
     if not p.parent.exists():
         raise PsfsimError(f"{p}: folder {p.parent} does not exist")
-    tmp = atomic_path(p)
-    try:
-        if suf == ".npy":
-            with open(tmp, "wb") as f:
-                np.save(f, a)
-        elif suf in (".tif", ".tiff"):
-            import tifffile
+    from .store import atomic_file
 
-            tifffile.imwrite(tmp, np.asarray(a))
-        elif suf == ".png":
-            import imageio.v3 as iio
-
-            a = np.asarray(a, float)
-            lo, hi = float(a.min()), float(a.max())
-            scaled = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
-            iio.imwrite(tmp, np.round(scaled * 65535).astype(np.uint16))
-        else:
-            from astropy.io import fits
-
-            fits.PrimaryHDU(np.asarray(a)).writeto(tmp, overwrite=True)
-        tmp.replace(p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(p) as tmp:
+        write_array_to(tmp, a, suf)
     return p
+
+
+def write_array_to(tmp: Path, a: np.ndarray, suf: str) -> None:
+    """Write ``a`` in the format of suffix ``suf`` to the (temporary) path ``tmp``; see :func:`write_array`."""
+    if suf == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, a)
+    elif suf in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(tmp, np.asarray(a))
+    elif suf == ".png":
+        import imageio.v3 as iio
+
+        a = np.asarray(a, float)
+        lo, hi = float(a.min()), float(a.max())
+        scaled = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
+        iio.imwrite(tmp, np.round(scaled * 65535).astype(np.uint16), extension=".png")
+    else:
+        from astropy.io import fits
+
+        fits.PrimaryHDU(np.asarray(a)).writeto(tmp, overwrite=True)

@@ -32,9 +32,25 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = True, what: str =
     return p
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def _temp_sibling(path: Path) -> Path:
+    # mkstemp: O_CREAT | O_EXCL, a fresh random name, never follows a planted link; 0600 -> the usual mode
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return Path(name)
 
 
@@ -73,6 +89,7 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False):
     existing ``path`` is removed only then, and only with ``replace``); on failure it is removed."""
     final = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".creating", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if final.exists():
