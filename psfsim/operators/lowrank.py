@@ -75,7 +75,8 @@ def _grid_nodes(lens, spacing: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 class KernelCache:
-    """Thread-safe LRU cache of eigen-PSF transforms, bounded in bytes (one per basis).
+    """Thread-safe LRU cache of transforms (arrays or tuples of arrays), bounded in bytes (one per basis for
+    the eigen-PSF transforms; one for Wiener's transfer functions).
 
     Keys are ``(pad_shape, dtype, backend)``; windows of one shape (dataset samples, interior tiles) share
     one entry, edge tiles add their own, and the least recently used entries go once ``max_bytes`` is reached.
@@ -86,9 +87,15 @@ class KernelCache:
         self._d: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _size(v) -> int:
+        if isinstance(v, (tuple, list)):
+            return sum(KernelCache._size(x) for x in v)
+        return int(getattr(v, "nbytes", 0))
+
     @property
     def nbytes(self) -> int:
-        return sum(v.nbytes for v in self._d.values())
+        return sum(self._size(v) for v in self._d.values())
 
     def get(self, key, make):
         with self._lock:

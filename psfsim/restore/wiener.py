@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import PsfsimError
 from ..fft import get_backend
+from ..operators.lowrank import KernelCache
 
 __all__ = ["wiener", "wiener_filter", "gradient_tf2", "regulariser_tf2", "psf_tf", "estimate_noise_sigma",
            "raised_cosine_ramp", "BOUNDARIES", "REGULARISERS"]
@@ -154,7 +155,8 @@ def resolve_balance(image: np.ndarray, balance: float | None, noise_sigma: float
     return max(sigma**2 / var, 1e-8)
 
 
-_TRANSFER_CACHE: dict = {}
+#: Transfer functions by PSF content and grid, bounded in bytes (tiles and windows come in many shapes).
+_TRANSFER_CACHE = KernelCache(256 * 2**20)
 
 
 def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
@@ -164,14 +166,12 @@ def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
 
     key = (hashlib.sha1(np.ascontiguousarray(psf).tobytes()).hexdigest(), psf.shape, psf.dtype.str, tuple(shape),
            fft.name, reg, np.dtype(dtype).str)
-    hit = _TRANSFER_CACHE.get(key)
-    if hit is None:
+
+    def make():
         Hf = psf_tf(psf, shape, fft)
-        hit = (np.conj(Hf), (Hf.real**2 + Hf.imag**2).astype(dtype), regulariser_tf2(reg, shape, dtype))
-        if len(_TRANSFER_CACHE) >= 8:
-            _TRANSFER_CACHE.clear()
-        _TRANSFER_CACHE[key] = hit
-    return hit
+        return (np.conj(Hf), (Hf.real**2 + Hf.imag**2).astype(dtype), regulariser_tf2(reg, shape, dtype))
+
+    return _TRANSFER_CACHE.get(key, make)
 
 
 def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, noise_sigma: float | None = None,
