@@ -35,7 +35,7 @@ __all__ = ["LowRankBasis", "LowRankOperator", "KernelCache", "spline_weights", "
 #: Default target relative error of the fast operator.
 DEFAULT_TOL = 0.01
 _MAX_NODES = 33
-#: Largest complex work array for one batched FFT, in bytes (K is split into chunks beyond it).
+#: Largest block of coefficient maps computed at once for a large window (K is split into chunks beyond it).
 _FFT_CHUNK_BYTES = 256 * 2**20
 #: Coefficient maps of a window are kept dense up to this size; larger windows compute them per chunk of K.
 _DENSE_MAPS_BYTES = 64 * 2**20
@@ -447,8 +447,11 @@ class LowRankOperator:
                                                                s=self.pad_shape).astype(self.cdtype, copy=False))
 
     def _k_chunks(self, batch: int):
-        Hp, Wp = self.pad_shape
-        per = batch * Hp * (Wp // 2 + 1) * np.dtype(self.cdtype).itemsize
+        """Slices of eigen-PSFs whose coefficient maps are made at once (dense windows: one chunk)."""
+        if self._dense is not None:
+            return [slice(0, self.rank)]
+        H, W = self.shape
+        per = batch * H * W * self.dtype.itemsize
         step = max(1, int(_FFT_CHUNK_BYTES // max(per, 1)))
         K = self.rank
         return [slice(i, min(i + step, K)) for i in range(0, K, step)]
@@ -458,21 +461,33 @@ class LowRankOperator:
         return b.astype(self.dtype, copy=False), single, result_dtype(b)
 
     def forward(self, m: np.ndarray) -> np.ndarray:
-        """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` -> same shape, dtype by :func:`result_dtype`."""
+        """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` -> same shape, dtype by :func:`result_dtype`.
+
+        One eigen-PSF at a time: ``K`` real FFTs of the weighted image, each multiplied by its kernel and
+        accumulated in place in the Fourier domain, then one inverse FFT. Temporaries: two spectra of the batch.
+        """
         mb, single, odt = self._as_batch(m)
         H, W = self.shape
         c = self.k // 2
         kft = self.kernel_ft
         acc = None
         for sl in self._k_chunks(mb.shape[0]):
-            F = self.fft.rfft2(mb[:, None] * self.maps(sl)[None], s=self.pad_shape)  # (B, k, Hp, Wf)
-            term = np.einsum("bkhw,khw->bhw", F, kft[sl])
-            acc = term if acc is None else acc + term
+            maps = self.maps(sl)
+            for j, k in enumerate(range(sl.start, sl.stop)):
+                F = self.fft.rfft2(mb * maps[j], s=self.pad_shape)  # (B, Hp, Wf)
+                F *= kft[k]
+                if acc is None:
+                    acc = F
+                else:
+                    acc += F
         out = self.fft.irfft2(acc, s=self.pad_shape)[:, c : c + H, c : c + W].astype(odt, copy=False)
         return out[0] if single else out
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
-        """Adjoint ``A^T y = sum_k w_k . (e_k correlated with y)``, same shapes and dtype rule as :meth:`forward`."""
+        """Adjoint ``A^T y = sum_k w_k . (e_k correlated with y)``, same shapes and dtype rule as :meth:`forward`.
+
+        One forward FFT of ``y``, then per eigen-PSF one product with the conjugate kernel and one inverse FFT.
+        """
         yb, single, odt = self._as_batch(y)
         H, W = self.shape
         c = self.k // 2
@@ -483,8 +498,10 @@ class LowRankOperator:
         kft = self.kernel_ft
         out = np.zeros((yb.shape[0], H, W), self.dtype)
         for sl in self._k_chunks(yb.shape[0]):
-            Z = self.fft.irfft2(Y[:, None] * np.conj(kft[sl])[None], s=self.pad_shape)[..., :H, :W]
-            out += np.einsum("bkhw,khw->bhw", Z, self.maps(sl))
+            maps = self.maps(sl)
+            for j, k in enumerate(range(sl.start, sl.stop)):
+                Z = Y * np.conj(kft[k])
+                out += self.fft.irfft2(Z, s=self.pad_shape)[:, :H, :W] * maps[j]
         out = out.astype(odt, copy=False)
         return out[0] if single else out
 
