@@ -32,6 +32,7 @@ from .lens import (
     preset_names,
 )
 from .psf import PSFEngine, PSFGrid, psf_grid
+from .psf_metrics import PSFMetrics
 from .dataset import SimulationSpec, open_dataset, simulate
 from .noise import NoiseModel
 from .operators import ExactOperator, LowRankBasis, LowRankOperator, blur, lowrank_basis, make_operator
@@ -59,6 +60,7 @@ __all__ = [
     "PSFEngine",
     "PSFGrid",
     "psf_grid",
+    "PSFMetrics",
     "SimulationSpec",
     "open_dataset",
     "simulate",

@@ -55,7 +55,7 @@ def test_base_lens_is_valid_and_loads_without_warning():
         lens = lens_from_dict(BASE)
     assert lens.name == "base"
     assert lens.optics.wavelength_nm == (520.0,)
-    assert lens.optics.weights == (1.0,)
+    assert lens.optics.spectral_weights == (1.0,)
     assert lens.optics.na == 0.4
     assert lens.optics.nyquist_pitch_um == pytest.approx(0.325)
     assert lens.field.shape_px == (64, 64)
@@ -253,7 +253,7 @@ def test_other_invalid_values(d, pattern):
 
 def test_error_message_names_origin():
     with pytest.raises(LensError, match=r"^my-lens\.toml: optics\.na = 0\b"):
-        lens_from_dict(make(optics__na=0), origin="my-lens.toml")
+        lens_from_dict(make(optics__na=0), where="my-lens.toml")
 
 
 def test_lens_error_is_a_psfsim_error_and_a_value_error():
@@ -320,7 +320,7 @@ def test_preset_details():
     tele = load_lens("telescope")
     assert tele.optics.wavelength_nm == (450.0, 550.0, 650.0)
     assert tele.optics.obscuration == 0.3
-    assert sum(tele.optics.weights) == pytest.approx(1.0)
+    assert sum(tele.optics.spectral_weights) == pytest.approx(1.0)
     micro = load_lens("microscope")
     assert micro.seidel.W220 == 0.6
     assert micro.field.axis_px == (1023.5, 1023.5)
@@ -369,12 +369,12 @@ def test_higher_monomials_and_scalar_rms():
 def test_weights_normalised():
     d = make(optics__wavelength_nm=[500.0, 600.0], optics__weights=[1.0, 3.0], optics__pixel_pitch_um=0.3)
     lens = lens_from_dict(d)
-    assert lens.optics.weights == pytest.approx((0.25, 0.75))
-    assert sum(lens.optics.weights) == pytest.approx(1.0)
+    assert lens.optics.spectral_weights == pytest.approx((0.25, 0.75))
+    assert sum(lens.optics.spectral_weights) == pytest.approx(1.0)
     assert lens.optics.reference_wavelength_nm == pytest.approx(575.0)
     # no weights: equal
     lens = lens_from_dict(make(optics__wavelength_nm=[500.0, 520.0, 600.0], optics__pixel_pitch_um=0.3))
-    assert lens.optics.weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert lens.optics.spectral_weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
 
 
 def test_negative_or_zero_weights_rejected():
@@ -407,7 +407,7 @@ def test_explicit_axis_kept():
 )
 def test_invalid_toml(text):
     with pytest.raises(LensError, match=r"^bad\.toml: not valid TOML"):
-        lens_from_toml(text, origin="bad.toml")
+        lens_from_toml(text, where="bad.toml")
 
 
 def test_valid_toml_text():

@@ -133,7 +133,7 @@ def test_telescope_on_axis_matches_annular_airy():
     pos = (c[:, None] + off[None, :]).ravel() * o.pixel_pitch_um
     r = np.hypot(pos[:, None], pos[None, :])
     ref = np.zeros((k * sub, k * sub))
-    for lam, w in zip(o.wavelength_nm, o.weights):
+    for lam, w in zip(o.wavelength_nm, o.spectral_weights):
         v = 2 * np.pi * o.na * r / (lam * 1e-3)
         # energy normalisation of the annular pattern: total energy scales as (1 - eps^2) lambda^2 / NA^2
         I = _annular_airy(v, o.obscuration) * (o.na / (lam * 1e-3)) ** 2 / (1 - o.obscuration**2)
