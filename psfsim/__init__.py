@@ -35,6 +35,7 @@ from .lens import (
     preset_names,
 )
 from .psf import PSFEngine, PSFGrid, psf_grid
+from .psf_metrics import PSFMetrics
 from .dataset import SimulationSpec, open_dataset, simulate
 from .noise import NoiseModel
 from .operators import (
@@ -74,6 +75,7 @@ __all__ = [
     "PSFEngine",
     "PSFGrid",
     "psf_grid",
+    "PSFMetrics",
     "SimulationSpec",
     "open_dataset",
     "simulate",

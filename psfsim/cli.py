@@ -102,7 +102,7 @@ def lens_summary(lens) -> str:
     strehl = lens.strehl(pts[:, 0], pts[:, 1])
     fwhm = lens.fwhm_px(pts[:, 0], pts[:, 1])
     wl = ", ".join(f"{w:g}" for w in o.wavelength_nm)
-    wt = ", ".join(f"{w:.3g}" for w in o.weights)
+    wt = ", ".join(f"{w:.3g}" for w in o.spectral_weights)
     margin = o.nyquist_pitch_um / o.pixel_pitch_um
     lines = [
         f"lens            {lens.name}",

@@ -97,7 +97,7 @@ def validate_spec(spec: SimulationSpec):
     from .noise import NoiseModel
     from .sources import parse_source
 
-    lens = lens_from_dict(spec.lens, origin="lens")
+    lens = lens_from_dict(spec.lens, where="lens")
     if int(spec.n) != spec.n or spec.n <= 0:
         raise PsfsimError(f"--n {spec.n}: expected a whole number > 0")
     H, W = lens.field.shape_px

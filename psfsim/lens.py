@@ -1,4 +1,4 @@
-"""Lens descriptions: typed, validated dataclasses loaded from TOML (``data/lenses/*.toml``).
+"""Lens descriptions: typed, validated dataclasses loaded from TOML (presets in ``psfsim/presets/*.toml``).
 
 A lens file fully determines the point spread function at every point of its field: the optics
 (wavelengths, numerical aperture, pixel pitch, pupil obscuration), the frame it images (its field), the PSF
@@ -6,12 +6,15 @@ sampling, and the wavefront aberration as Seidel coefficients plus Zernike terms
 polynomials over the field. See the README's "Lens file" section for the format.
 
 Everything is validated here, at the edge: a bad file raises :class:`~psfsim.errors.LensError` naming the
-key, the value and what is allowed, and unknown keys are errors (a typo must never be ignored).
+key, the value and what is allowed, and unknown keys are errors (a typo must never be ignored). Each table has
+its parser (``_parse_optics``, ``_parse_field``, ``_parse_psf``, ``_parse_seidel``, ``_parse_zernike``), all
+sharing one number check (``_finite``).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.resources as resources
 import math
 import os
 import re
@@ -25,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import LensError, NyquistWarning
-from .zernike import MAX_NOLL
+from .zernike import MAX_NOLL, noll_to_nm
 
 __all__ = [
     "Optics",
@@ -41,6 +44,7 @@ __all__ = [
     "presets_dir",
     "resolve_lens_path",
     "MAX_MONOMIAL_DEGREE",
+    "CONVENTIONS",
 ]
 
 #: Highest total degree of a field monomial in ``rms_waves`` (``x3y2`` has degree 5).
@@ -54,11 +58,13 @@ _MONOMIAL_RE = re.compile(r"^(?:x(\d*))?(?:y(\d*))?$")
 
 
 def presets_dir() -> Path:
-    """Folder of the lens presets: ``$PSFSIM_PRESETS`` or the repository's ``data/lenses``."""
+    """Folder of the lens presets: ``$PSFSIM_PRESETS``, else the package's ``psfsim/presets`` (package data,
+    found through :mod:`importlib.resources`, so an installed wheel has them; ``data/lenses`` in the
+    repository is a link to it)."""
     env = os.environ.get("PSFSIM_PRESETS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1] / "data" / "lenses"
+    return Path(os.fspath(resources.files("psfsim") / "presets"))
 
 
 def preset_names() -> list[str]:
@@ -93,8 +99,9 @@ class Optics:
     ----------
     wavelength_nm : tuple of float
         Source wavelengths in nm (one for a monochromatic source).
-    weights : tuple of float
-        Relative spectral weights, normalised to sum 1, same length as ``wavelength_nm``.
+    spectral_weights : tuple of float
+        Relative spectral weights, normalised to sum 1, same length as ``wavelength_nm`` (the lens file's
+        ``optics.weights``).
     na : float
         Numerical aperture on the side where ``pixel_pitch_um`` is measured (object side for a microscope;
         image side ``1 / (2 F#)`` for a telescope imaging objects at infinity).
@@ -107,7 +114,7 @@ class Optics:
     """
 
     wavelength_nm: tuple[float, ...]
-    weights: tuple[float, ...]
+    spectral_weights: tuple[float, ...]
     na: float
     pixel_pitch_um: float
     immersion_index: float = 1.0
@@ -116,7 +123,7 @@ class Optics:
     @property
     def reference_wavelength_nm(self) -> float:
         """Wavelength at which aberration coefficients are given (in waves): the weighted mean wavelength."""
-        return float(np.dot(self.wavelength_nm, self.weights))
+        return float(np.dot(self.wavelength_nm, self.spectral_weights))
 
     @property
     def nyquist_pitch_um(self) -> float:
@@ -234,7 +241,10 @@ class Lens:
     """A validated lens: optics, field, PSF sampling and aberrations.
 
     Build one with :func:`load_lens` (a path or a preset name) or :func:`lens_from_dict`.
-    ``source`` holds the description as written in its TOML, so the lens can be rebuilt from metadata.
+    ``description`` holds the description as written in its TOML (``to_dict()`` returns a copy), so the lens
+    can be rebuilt from metadata. Two lenses are equal when their validated descriptions are
+    (:attr:`canonical`); equal lenses share one PSF engine (:func:`psfsim.psf.engine_for`). Pickling drops the
+    cached engine and canonical form, so a pickled lens is a few kB.
     """
 
     name: str
@@ -243,7 +253,7 @@ class Lens:
     psf_sampling: PSFSampling
     seidel: Seidel
     zernike: tuple[ZernikeTerm, ...]
-    source: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    description: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -254,9 +264,17 @@ class Lens:
 
     @cached_property
     def _engine(self):
-        from .psf import PSFEngine
+        from .psf import engine_for
 
-        return PSFEngine(self)
+        return engine_for(self)
+
+    def __getstate__(self) -> dict:
+        # cached_property values live in __dict__: leave the engine (DFT matrices, pupil bases) and the
+        # canonical form / fingerprint behind; the receiver recomputes them (the engine from its own cache)
+        state = dict(self.__dict__)
+        for k in _CACHED:
+            state.pop(k, None)
+        return state
 
     # -- PSFs --------------------------------------------------------------------------------------
     def psf(self, x: float, y: float) -> np.ndarray:
@@ -292,8 +310,17 @@ class Lens:
         return self._per_point("fwhm_px", x, y)
 
     def energy_outside(self, x, y) -> np.ndarray:
-        """Fraction of each PSF's energy that falls outside the ``size_px`` box, shape of ``x``."""
+        """Fraction of each PSF's energy that falls outside the ``size_px`` box, shape of ``x``.
+
+        Extrapolated to a finely sampled pupil (:mod:`psfsim.psf_metrics`)."""
         return self._per_point("energy_outside", x, y)
+
+    def psf_metrics(self, x, y):
+        """Strehl ratio, FWHM (pixels) and energy outside the box at field points ``(B,)``, from one
+        evaluation: a :class:`psfsim.psf_metrics.PSFMetrics` of ``(B,)`` float64 arrays."""
+        x = np.atleast_1d(np.asarray(x, float)).ravel()
+        y = np.atleast_1d(np.asarray(y, float)).ravel()
+        return self._engine.metrics(x, y)
 
     def wavefront_waves(self, x: float, y: float, rho, theta) -> np.ndarray:
         """Wavefront aberration ``W(rho, theta)`` in waves (at the reference wavelength) at field point ``(x, y)``."""
@@ -314,7 +341,9 @@ class Lens:
         import json
         from dataclasses import asdict
 
-        d = {"name": self.name, "optics": asdict(self.optics), "field": asdict(self.field),
+        optics = asdict(self.optics)
+        optics["weights"] = optics.pop("spectral_weights")  # the lens file's key: fingerprints stay stable
+        d = {"name": self.name, "optics": optics, "field": asdict(self.field),
              "psf": asdict(self.psf_sampling), "seidel": asdict(self.seidel),
              "zernike": [{"noll": z.noll, "coefficients": [[list(p), c] for p, c in z.coefficients]} for z in self.zernike]}
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -335,18 +364,24 @@ class Lens:
 
     def to_dict(self) -> dict:
         """The lens description as written in its TOML (a deep copy), enough to rebuild it."""
-        return copy.deepcopy(dict(self.source))
+        return copy.deepcopy(dict(self.description))
+
+
+#: Per-instance caches of a Lens (cached_property names), not pickled.
+_CACHED = ("_engine", "canonical", "fingerprint")
 
 
 # --------------------------------------------------------------------------------------------------
 # parsing and validation
 # --------------------------------------------------------------------------------------------------
-_TOP_KEYS = {"name", "optics", "field", "psf", "seidel", "zernike"}
+_TOP_KEYS = {"name", "convention", "optics", "field", "psf", "seidel", "zernike"}
 _OPTICS_KEYS = {"wavelength_nm", "weights", "na", "immersion_index", "pixel_pitch_um", "obscuration"}
 _FIELD_KEYS = {"shape_px", "axis_px"}
 _PSF_KEYS = {"size_px", "oversample", "pupil_samples", "max_energy_outside"}
 _SEIDEL_KEYS = {"W040", "W131", "W222", "W220", "W311"}
 _ZERNIKE_KEYS = {"noll", "rms_waves"}
+#: Sign conventions of the ``convention`` key; the first is the default (see :func:`_apply_convention`).
+CONVENTIONS = ("born-wolf", "poppy")
 
 
 def _check_keys(d: Mapping, allowed: set[str], where: str) -> None:
@@ -360,16 +395,23 @@ def _check_keys(d: Mapping, allowed: set[str], where: str) -> None:
         )
 
 
-def _num(d: Mapping, key: str, where: str, default=None, *, integer=False) -> float:
+def _finite(v, key: str, *, integer: bool = False, shown=None, expected: str | None = None):
+    """The one number check: ``v`` if it is a finite number (a whole number when ``integer``), else a
+    :class:`LensError` ``"<key> = <shown or v>: <expected>"``. Booleans are not numbers here."""
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
+    if isinstance(v, bool) or not ok:
+        expected = expected or f"expected a {'whole number' if integer else 'finite number'}"
+        raise LensError(f"{key} = {v if shown is None else shown!r}: {expected}")
+    return v
+
+
+def _num(d: Mapping, key: str, where: str, default=None, *, integer=False):
+    """``d[key]`` checked by :func:`_finite`, or ``default`` when absent (absent without default: an error)."""
     if key not in d:
         if default is None:
             raise LensError(f"missing key {where}.{key}")
         return default
-    v = d[key]
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok or (not integer and not math.isfinite(v)):
-        raise LensError(f"{where}.{key} = {v!r}: expected a {'whole number' if integer else 'finite number'}")
-    return v
+    return _finite(d[key], f"{where}.{key}", integer=integer)
 
 
 def _parse_monomial(name: str, where: str) -> tuple[int, int]:
@@ -393,59 +435,28 @@ def _as_list(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool = True, origin: str = "<dict>") -> Lens:
-    """Validate a lens description (the parsed TOML) into a :class:`Lens`.
-
-    Parameters
-    ----------
-    d : mapping
-        The description, as :func:`tomllib.loads` returns it.
-    check_psf_box : bool
-        Measure the energy outside the PSF box at the frame's centre, edges and corners and refuse the lens
-        when it exceeds ``[psf] max_energy_outside`` (default 5 %).
-    origin : str
-        Where the description came from, for messages.
-
-    Raises
-    ------
-    LensError
-        Naming the key, the value and what is allowed.
-    """
-    try:
-        return _lens_from_dict(d, check_psf_box=check_psf_box)
-    except LensError as e:
-        raise LensError(f"{origin}: {e}") from None
-
-
-def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
-    _check_keys(d, _TOP_KEYS, "")
-    name = d.get("name", "unnamed")
-    if not isinstance(name, str) or not name:
-        raise LensError(f"name = {name!r}: expected a non-empty string")
-    for sec in ("optics", "field", "psf"):
-        if sec not in d:
-            raise LensError(f"missing table [{sec}]")
-
-    # optics
-    o = d["optics"]
+def _parse_optics(o: Mapping) -> Optics:
+    """``[optics]`` -> :class:`Optics` (spectral weights normalised to sum 1)."""
     _check_keys(o, _OPTICS_KEYS, "optics")
     if "wavelength_nm" not in o:
         raise LensError("missing key optics.wavelength_nm")
     wl = _as_list(o["wavelength_nm"])
     if not wl:
         raise LensError("optics.wavelength_nm = []: expected a wavelength or a list of them")
+    bad_wl = "wavelengths must be finite numbers > 0"
     for v in wl:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise LensError(f"optics.wavelength_nm = {o['wavelength_nm']!r}: wavelengths must be finite numbers > 0")
+        if _finite(v, "optics.wavelength_nm", shown=o["wavelength_nm"], expected=bad_wl) <= 0:
+            raise LensError(f"optics.wavelength_nm = {o['wavelength_nm']!r}: {bad_wl}")
     if "weights" in o:
         w = _as_list(o["weights"])
         if len(w) != len(wl):
             raise LensError(
                 f"optics.weights = {o['weights']!r}: {len(w)} weights for {len(wl)} wavelengths (need one per wavelength)"
             )
+        bad_w = "weights must be finite numbers >= 0"
         for v in w:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise LensError(f"optics.weights = {o['weights']!r}: weights must be finite numbers >= 0")
+            if _finite(v, "optics.weights", shown=o["weights"], expected=bad_w) < 0:
+                raise LensError(f"optics.weights = {o['weights']!r}: {bad_w}")
         if sum(w) <= 0:
             raise LensError(f"optics.weights = {o['weights']!r}: weights must not all be 0")
     else:
@@ -463,45 +474,44 @@ def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
     obsc = _num(o, "obscuration", "optics", 0.0)
     if not 0 <= obsc < 1:
         raise LensError(f"optics.obscuration = {obsc!r}: expected 0 <= obscuration < 1")
-    optics = Optics(
+    return Optics(
         wavelength_nm=tuple(float(v) for v in wl),
-        weights=tuple(float(v) / wsum for v in w),
+        spectral_weights=tuple(float(v) / wsum for v in w),
         na=float(na),
         pixel_pitch_um=float(pitch),
         immersion_index=float(immersion),
         obscuration=float(obsc),
     )
 
-    # field
-    f = d["field"]
+
+def _parse_field(f: Mapping) -> FieldGeometry:
+    """``[field]`` -> :class:`FieldGeometry` (axis defaults to the frame centre)."""
     _check_keys(f, _FIELD_KEYS, "field")
     if "shape_px" not in f:
         raise LensError("missing key field.shape_px")
     shp = f["shape_px"]
-    if (
-        not isinstance(shp, (list, tuple))
-        or len(shp) != 2
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shp)
-    ):
-        raise LensError(f"field.shape_px = {shp!r}: expected [H, W], two whole numbers >= 1")
+    bad_shape = "expected [H, W], two whole numbers >= 1"
+    if not isinstance(shp, (list, tuple)) or len(shp) != 2:
+        raise LensError(f"field.shape_px = {shp!r}: {bad_shape}")
+    for s in shp:
+        if _finite(s, "field.shape_px", integer=True, shown=shp, expected=bad_shape) < 1:
+            raise LensError(f"field.shape_px = {shp!r}: {bad_shape}")
     H, W = int(shp[0]), int(shp[1])
-    if "axis_px" in f:
-        ax = f["axis_px"]
-        if (
-            not isinstance(ax, (list, tuple))
-            or len(ax) != 2
-            or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) for a in ax)
-        ):
-            raise LensError(f"field.axis_px = {ax!r}: expected [row, col], two finite numbers")
-        axis = (float(ax[0]), float(ax[1]))
-    else:
-        axis = ((H - 1) / 2.0, (W - 1) / 2.0)
     if H == 1 and W == 1:
         raise LensError(f"field.shape_px = {shp!r}: a field of one pixel has no extent")
-    fieldg = FieldGeometry(shape_px=(H, W), axis_px=axis)
+    if "axis_px" in f:
+        ax = f["axis_px"]
+        bad_axis = "expected [row, col], two finite numbers"
+        if not isinstance(ax, (list, tuple)) or len(ax) != 2:
+            raise LensError(f"field.axis_px = {ax!r}: {bad_axis}")
+        axis = tuple(float(_finite(a, "field.axis_px", shown=ax, expected=bad_axis)) for a in ax)
+    else:
+        axis = ((H - 1) / 2.0, (W - 1) / 2.0)
+    return FieldGeometry(shape_px=(H, W), axis_px=axis)
 
-    # psf sampling
-    p = d["psf"]
+
+def _parse_psf(p: Mapping, optics: Optics) -> PSFSampling:
+    """``[psf]`` -> :class:`PSFSampling`; the oversampled grid must reach Nyquist for ``optics``."""
     _check_keys(p, _PSF_KEYS, "psf")
     size = _num(p, "size_px", "psf", integer=True)
     if size % 2 == 0 or size < MIN_PSF_SIZE:
@@ -515,22 +525,25 @@ def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
     meo = _num(p, "max_energy_outside", "psf", DEFAULT_MAX_ENERGY_OUTSIDE)
     if not 0 < meo < 1:
         raise LensError(f"psf.max_energy_outside = {meo!r}: expected 0 < value < 1")
-    sampling = PSFSampling(size_px=int(size), oversample=int(ovs), pupil_samples=int(npup), max_energy_outside=float(meo))
-    fine_limit = min(optics.wavelength_nm) * 1e-3 / (4 * optics.na)
+    pitch = optics.pixel_pitch_um
+    fine_limit = optics.nyquist_pitch_um
     if pitch / ovs > fine_limit * (1 + 1e-9):
         need = math.ceil(pitch / fine_limit)
         raise LensError(
             f"psf.oversample = {ovs}: the oversampled grid ({pitch / ovs:.4g} um) is coarser than Nyquist "
             f"lambda_min/(4 NA) = {fine_limit:.4g} um; need oversample >= {need}"
         )
+    return PSFSampling(size_px=int(size), oversample=int(ovs), pupil_samples=int(npup), max_energy_outside=float(meo))
 
-    # seidel
-    s = d.get("seidel", {})
+
+def _parse_seidel(s: Mapping) -> Seidel:
+    """``[seidel]`` (optional) -> :class:`Seidel`, absent coefficients 0."""
     _check_keys(s, _SEIDEL_KEYS, "seidel")
-    seidel = Seidel(**{k: float(_num(s, k, "seidel", 0.0)) for k in _SEIDEL_KEYS})
+    return Seidel(**{k: float(_num(s, k, "seidel", 0.0)) for k in _SEIDEL_KEYS})
 
-    # zernike
-    zs = d.get("zernike", [])
+
+def _parse_zernike(zs) -> tuple[ZernikeTerm, ...]:
+    """``[[zernike]]`` (optional) -> Zernike terms, ``rms_waves`` a number or a field polynomial."""
     if not isinstance(zs, list):
         raise LensError(f"zernike = {zs!r}: expected an array of tables [[zernike]]")
     terms = []
@@ -544,36 +557,95 @@ def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
             raise LensError(f"missing key {where}.rms_waves")
         rw = z["rms_waves"]
         if isinstance(rw, Mapping):
-            coeffs = []
-            for mono, c in rw.items():
-                exps = _parse_monomial(mono, f"{where}.rms_waves")
-                if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
-                    raise LensError(f"{where}.rms_waves.{mono} = {c!r}: expected a finite number")
-                coeffs.append((exps, float(c)))
+            coeffs = [
+                (_parse_monomial(mono, f"{where}.rms_waves"), float(_finite(c, f"{where}.rms_waves.{mono}")))
+                for mono, c in rw.items()
+            ]
         else:
-            c = _num(z, "rms_waves", where)
-            coeffs = [((0, 0), float(c))]
+            coeffs = [((0, 0), float(_num(z, "rms_waves", where)))]
         terms.append(ZernikeTerm(noll=int(j), coefficients=tuple(coeffs)))
+    return tuple(terms)
 
+
+def _parse_convention(d: Mapping) -> str:
+    c = d.get("convention", CONVENTIONS[0])
+    if c not in CONVENTIONS:
+        raise LensError(f"convention = {c!r}: expected one of {', '.join(repr(v) for v in CONVENTIONS)}")
+    return c
+
+
+def _apply_convention(seidel: Seidel, terms: tuple[ZernikeTerm, ...], convention: str):
+    """Coefficients in psfsim's (Born & Wolf) convention from ones written in ``convention``.
+
+    poppy's PSF is ours mirrored through the optical axis (a +x tilt moves it to -x). Mirroring the image is
+    mirroring the pupil, ``W(u, v) -> W(-u, -v)``, which flips the sign of every term odd in the pupil
+    coordinates: Zernikes of odd radial order ``n`` (tilt, coma, trefoil, ...) and Seidel W131 and W311;
+    even terms (defocus, astigmatism, spherical, W040, W222, W220) are unchanged.
+    """
+    if convention == "born-wolf":
+        return seidel, terms
+    seidel = Seidel(W040=seidel.W040, W131=-seidel.W131, W222=seidel.W222, W220=seidel.W220, W311=-seidel.W311)
+    terms = tuple(
+        ZernikeTerm(noll=t.noll, coefficients=tuple((p, -c) for p, c in t.coefficients)) if noll_to_nm(t.noll)[0] % 2 else t
+        for t in terms
+    )
+    return seidel, terms
+
+
+def lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool = True, where: str = "<dict>") -> Lens:
+    """Validate a lens description (the parsed TOML) into a :class:`Lens`.
+
+    Parameters
+    ----------
+    d : mapping
+        The description, as :func:`tomllib.loads` returns it. Kept unchanged as :attr:`Lens.description`.
+    check_psf_box : bool
+        Estimate the energy outside the PSF box at the frame's centre, edges and corners and refuse the lens
+        when it exceeds ``[psf] max_energy_outside`` (default 5 %).
+    where : str
+        Where the description came from (a file name), prefixed to messages.
+
+    Raises
+    ------
+    LensError
+        Naming the key, the value and what is allowed.
+    """
+    try:
+        return _lens_from_dict(d, check_psf_box=check_psf_box)
+    except LensError as e:
+        raise LensError(f"{where}: {e}") from None
+
+
+def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
+    _check_keys(d, _TOP_KEYS, "")
+    name = d.get("name", "unnamed")
+    if not isinstance(name, str) or not name:
+        raise LensError(f"name = {name!r}: expected a non-empty string")
+    convention = _parse_convention(d)
+    for sec in ("optics", "field", "psf"):
+        if sec not in d:
+            raise LensError(f"missing table [{sec}]")
+    optics = _parse_optics(d["optics"])
+    fieldg = _parse_field(d["field"])
+    sampling = _parse_psf(d["psf"], optics)
+    seidel, terms = _apply_convention(_parse_seidel(d.get("seidel", {})), _parse_zernike(d.get("zernike", [])), convention)
     lens = Lens(
         name=name,
         optics=optics,
         field=fieldg,
         psf_sampling=sampling,
         seidel=seidel,
-        zernike=tuple(terms),
-        source=copy.deepcopy(dict(d)),
+        zernike=terms,
+        description=copy.deepcopy(dict(d)),
     )
-
     if optics.pixel_pitch_um > optics.nyquist_pitch_um * (1 + 1e-9):
         warnings.warn(
-            f"lens {name!r}: optics.pixel_pitch_um = {pitch} is coarser than Nyquist lambda_min/(4 NA) = "
-            f"{optics.nyquist_pitch_um:.4g} um (x{optics.pixel_pitch_um / optics.nyquist_pitch_um:.2f}): "
-            "the PSF is undersampled by the detector",
+            f"lens {name!r}: optics.pixel_pitch_um = {optics.pixel_pitch_um} is coarser than Nyquist "
+            f"lambda_min/(4 NA) = {optics.nyquist_pitch_um:.4g} um "
+            f"(x{optics.pixel_pitch_um / optics.nyquist_pitch_um:.2f}): the PSF is undersampled by the detector",
             NyquistWarning,
             stacklevel=3,
         )
-
     if check_psf_box:
         _check_box(lens)
     return lens
@@ -601,13 +673,13 @@ def _check_box(lens: Lens) -> None:
         )
 
 
-def lens_from_toml(text: str, *, check_psf_box: bool = True, origin: str = "<toml>") -> Lens:
-    """Parse TOML text into a validated :class:`Lens`."""
+def lens_from_toml(text: str, *, check_psf_box: bool = True, where: str = "<toml>") -> Lens:
+    """Parse TOML text into a validated :class:`Lens` (``where``: its origin, for messages)."""
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise LensError(f"{origin}: not valid TOML ({e})") from None
-    return lens_from_dict(d, check_psf_box=check_psf_box, origin=origin)
+        raise LensError(f"{where}: not valid TOML ({e})") from None
+    return lens_from_dict(d, check_psf_box=check_psf_box, where=where)
 
 
 def load_lens(lens: str | os.PathLike | Lens, *, check_psf_box: bool = True) -> Lens:
@@ -626,4 +698,4 @@ def load_lens(lens: str | os.PathLike | Lens, *, check_psf_box: bool = True) -> 
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise LensError(f"{path}: cannot read lens file ({e})") from None
-    return lens_from_toml(text, check_psf_box=check_psf_box, origin=str(path))
+    return lens_from_toml(text, check_psf_box=check_psf_box, where=str(path))

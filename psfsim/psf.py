@@ -1,4 +1,4 @@
-"""Point spread functions by scalar Fraunhofer diffraction, batched over field points.
+"""Point spread functions by scalar Fraunhofer diffraction, batched over field points (matrix Fourier transform).
 
 ``PSF(x) = | F{ A(u) exp(i 2 pi W(u) lambda_ref / lambda) } |^2`` with ``A`` the (annular) pupil amplitude,
 ``W`` the wavefront in waves at the reference wavelength (:mod:`psfsim.wavefront`) and ``F`` the Fraunhofer
@@ -7,46 +7,43 @@
 
 The intensity is computed on a grid ``oversample`` times finer than the detector, integrated over each
 detector pixel (``oversample^2`` sub-samples per pixel, midpoint rule), summed over wavelengths with their
-weights, and normalised to unit sum over the ``size_px`` box whose central pixel is the geometric image point.
+spectral weights, and normalised to unit sum over the ``size_px`` box whose central pixel is the geometric
+image point.
 
-Two evaluation methods, which agree to ~1e-6 (tested):
+Two evaluation methods, which agree to 1.6e-4 of the PSF's peak on the relay preset (measured; tested at
+5e-4):
 
-``"mft"`` (default)
+``"mft"`` (default, this module)
     Matrix Fourier transform (Soummer et al. 2007, Opt. Express 15, 15935): the DFT of the ``M x M`` pupil
-    evaluated directly at the ``k s x k s`` sub-pixel positions as two batched matrix products. No zero
-    padding, no wrap-around, any sampling; it is what poppy and hcipy use for the same reason.
+    (:mod:`psfsim.pupil`) evaluated directly at the ``k s x k s`` sub-pixel positions as two batched matrix
+    products. No zero padding, no wrap-around, any sampling; poppy and hcipy use it for the same reason.
 ``"fft"``
-    Zero-padded FFT through :mod:`psfsim.fft` (pyFFTW or scipy), the pupil resampled so that one FFT sample
-    is one sub-pixel. ``benchmarks/bench_psf.py`` measures both; MFT wins at the sizes lenses use.
+    Zero-padded FFT (:mod:`psfsim.psf_fft`), the independent cross-check. ``benchmarks/bench_psf.py``
+    measures both; MFT wins at the sizes lenses use.
+
+Strehl ratio, FWHM and the energy outside the box come from one evaluation (:mod:`psfsim.psf_metrics`).
+Engines are shared between equal lenses (:func:`engine_for`, keyed by :attr:`psfsim.lens.Lens.fingerprint`).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
-from .wavefront import field_coefficients, pupil_basis
+from .errors import PsfsimError
+from .pupil import Pupil, annular_pupil
+from .pupil import pupil_samples as default_pupil_samples
+from .wavefront import field_coefficients
 
-__all__ = ["PSFEngine", "PSFGrid", "psf_grid", "annular_pupil"]
+__all__ = ["PSFEngine", "PSFGrid", "psf_grid", "annular_pupil", "engine_for", "ENGINE_CACHE_SIZE"]
 
 #: Field points per batch (bounds memory: batch * M^2 * 16 bytes for the pupil fields).
 _CHUNK = 64
-
-
-def annular_pupil(coords: np.ndarray, obscuration: float, sub: int = 8) -> np.ndarray:
-    """Anti-aliased annular pupil amplitude on the grid ``coords x coords`` (normalised pupil coordinates).
-
-    Each cell's value is the fraction of its area inside ``obscuration <= rho <= 1``, estimated with
-    ``sub x sub`` sub-samples, so the discrete pupil's area and centroid match the continuous one closely.
-    """
-    d = abs(coords[1] - coords[0])
-    off = (np.arange(sub) + 0.5) / sub - 0.5
-    fine = (coords[:, None] + off[None, :] * d).ravel()
-    r = np.hypot(fine[:, None], fine[None, :])
-    inside = (r <= 1.0) & (r >= obscuration)
-    n = len(coords)
-    return inside.reshape(n, sub, n, sub).mean(axis=(1, 3))
+#: Most PSF engines kept by :func:`engine_for` (least recently used ones are dropped).
+ENGINE_CACHE_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -70,19 +67,34 @@ class PSFGrid:
 
 
 class PSFEngine:
-    """Batched PSF evaluation for one lens (pupil grids, bases and DFT matrices computed once).
+    """Batched PSF evaluation for one lens (pupil, bases and DFT matrices computed once).
 
     Parameters
     ----------
     lens : Lens
     method : {"mft", "fft"}
+        How :meth:`fine_intensity` and :meth:`psfs` evaluate the Fraunhofer integral. Metrics always use the MFT.
     fft_backend : str, optional
         Backend for ``method="fft"`` (see :func:`psfsim.fft.get_backend`).
+    pupil_samples : int, optional
+        Samples across the pupil; default :func:`psfsim.pupil.pupil_samples` of the lens.
+
+    Attributes
+    ----------
+    k, s, ks : int
+        Box side in pixels, sub-samples per pixel side, sub-samples across the box.
+    dx_um : float
+        Sub-sample spacing in µm.
+    pos_um : ndarray, (ks,) float64
+        Sub-sample positions in µm, the central pixel's centre at 0.
+    pupil : :class:`psfsim.pupil.Pupil`
+    M : int
+        Samples across the pupil.
     """
 
-    def __init__(self, lens, method: str = "mft", fft_backend: str | None = None):
+    def __init__(self, lens, method: str = "mft", fft_backend: str | None = None, pupil_samples: int | None = None):
         if method not in ("mft", "fft"):
-            raise ValueError(f"method = {method!r}: expected 'mft' or 'fft'")
+            raise PsfsimError(f"method = {method!r}: expected 'mft' or 'fft'")
         self.lens = lens
         self.method = method
         self.fft_backend = fft_backend
@@ -91,110 +103,71 @@ class PSFEngine:
         self.s = ps.oversample
         self.ks = self.k * self.s
         self.dx_um = o.pixel_pitch_um / self.s
-        # positions of the sub-pixel samples (µm), centred: the central pixel's centre is 0
         self.pos_um = (np.arange(self.ks) - (self.ks - 1) / 2.0) * self.dx_um
-        # pupil sampling: enough samples that the DFT's alias period (M lambda / (2 NA)) is >= 2 boxes
-        box_um = self.k * o.pixel_pitch_um
-        m_alias = int(np.ceil(4.0 * box_um * o.na / (min(o.wavelength_nm) * 1e-3)))
-        M = max(ps.pupil_samples, m_alias)
-        self.M = M + (M % 2)
-        self.coords = (np.arange(self.M) - (self.M - 1) / 2.0) * (2.0 / self.M)
-        self.du = 2.0 / self.M
-        self.amp = annular_pupil(self.coords, o.obscuration)
-        self.mask = self.amp > 0
-        uu, vv = np.meshgrid(self.coords, self.coords)  # uu varies along columns (x), vv along rows (y)
-        rho = np.hypot(uu, vv)[self.mask]
-        theta = np.arctan2(vv, uu)[self.mask]
-        self.basis = pupil_basis(lens, rho, theta)  # (nb, P)
-        self.amp_p = self.amp[self.mask]
-        self.pupil_energy = float(np.sum(self.amp_p**2))
+        self.M = int(pupil_samples) if pupil_samples is not None else default_pupil_samples(lens)
+        self.pupil = Pupil(lens, self.M)
         self.lam_ref = o.reference_wavelength_nm
         # one DFT matrix per wavelength: E[n, m] = exp(-i 2 pi x_n u_m NA / lambda)
-        self._dft = []
-        for lam in o.wavelength_nm:
-            f = self.coords * o.na / (lam * 1e-3)  # cycles per µm
-            self._dft.append(np.exp(-2j * np.pi * np.outer(self.pos_um, f)))
-        self._fft_cache: dict = {}
+        self._dft = [np.exp(-2j * np.pi * np.outer(self.pos_um, self.freqs(lam))) for lam in o.wavelength_nm]
+        self._fft = None
+        if method == "fft":
+            from .psf_fft import FFTPropagator
 
-    # ---------------------------------------------------------------------------------------------
-    def _q2(self, lam_nm: float) -> float:
-        """Squared Riemann factor turning |DFT|^2 into the energy fraction per sub-sample."""
-        q = self.du * self.lens.optics.na * self.dx_um / (lam_nm * 1e-3)
+            self._fft = FFTPropagator(lens, self.ks, self.dx_um, self.M, fft_backend)
+        self._finer = None
+
+    # -- building blocks ------------------------------------------------------------------------------
+    def freqs(self, lam_nm: float) -> np.ndarray:
+        """Spatial frequencies ``(M,)`` in cycles per µm of the pupil samples at wavelength ``lam_nm``."""
+        return self.pupil.coords * self.lens.optics.na / (lam_nm * 1e-3)
+
+    def q2(self, lam_nm: float) -> float:
+        """Squared Riemann factor turning ``|DFT|^2 / pupil energy`` into the energy fraction per sub-sample."""
+        q = self.pupil.du * self.lens.optics.na * self.dx_um / (lam_nm * 1e-3)
         return q * q
 
-    def _pupil_fields(self, C: np.ndarray, lam_nm: float) -> np.ndarray:
-        """Complex pupil fields ``(B, M, M)`` for coefficient rows ``C (B, nb)`` at one wavelength."""
-        W = C @ self.basis  # (B, P) waves at lam_ref
-        P = np.zeros((C.shape[0], self.M, self.M), complex)
-        P[:, self.mask] = self.amp_p * np.exp(2j * np.pi * (self.lam_ref / lam_nm) * W)
-        return P
+    def mft_terms(self, C: np.ndarray):
+        """Yield ``(lam_nm, weight, fields (B, M, M), intensity (B, ks, ks))`` per wavelength, by MFT.
 
-    def fine_intensity(self, x: np.ndarray, y: np.ndarray, per_wavelength: bool = False):
-        """Energy fraction per sub-pixel sample, ``(B, ks, ks)`` (or ``(L, B, ks, ks)`` per wavelength).
+        ``intensity`` is the energy fraction per sub-sample (the sum over an infinite plane would be 1).
+        """
+        o = self.lens.optics
+        for li, (lam, w) in enumerate(zip(o.wavelength_nm, o.spectral_weights)):
+            E = self._dft[li]
+            P = self.pupil.fields(C, self.lam_ref / lam)
+            S = E @ (P @ E.T)  # (B, ks, ks): rows = y, cols = x
+            yield lam, w, P, (S.real**2 + S.imag**2) * (self.q2(lam) / self.pupil.energy)
+
+    def fine_intensity(self, x: np.ndarray, y: np.ndarray, per_wavelength: bool = False) -> np.ndarray:
+        """Energy fraction per sub-pixel sample, ``(B, ks, ks)`` float64 (``(L, B, ks, ks)`` per wavelength).
 
         Summed over an infinite plane it would be 1 for each wavelength; the sum over the box is the
-        encircled-in-box energy.
+        in-box energy.
         """
         C = field_coefficients(self.lens, x, y)
-        out = []
-        for li, lam in enumerate(self.lens.optics.wavelength_nm):
-            if self.method == "mft":
-                E = self._dft[li]
-                P = self._pupil_fields(C, lam)
-                S = E @ (P @ E.T)  # (B, ks, ks): rows = y, cols = x
-                inten = (S.real**2 + S.imag**2) * (self._q2(lam) / self.pupil_energy)
-            else:
-                inten = self._fft_intensity(C, lam)
-            out.append(inten)
-        out = np.stack(out)
+        o = self.lens.optics
+        if self._fft is not None:
+            out = np.stack([self._fft.intensity(C, lam, self.lam_ref) for lam in o.wavelength_nm])
+        else:
+            out = np.stack([inten for _, _, _, inten in self.mft_terms(C)])
         if per_wavelength:
             return out
-        w = np.asarray(self.lens.optics.weights)
-        return np.tensordot(w, out, axes=1)
+        return np.tensordot(np.asarray(o.spectral_weights), out, axes=1)
 
-    def _fft_setup(self, lam_nm: float):
-        if lam_nm in self._fft_cache:
-            return self._fft_cache[lam_nm]
-        from .fft import get_backend
-
-        be = get_backend(self.fft_backend)
+    def ideal_peak(self) -> float:
+        """Peak of the aberration-free polychromatic energy-fraction intensity (at the origin)."""
         o = self.lens.optics
-        # FFT frequency spacing 1/(N dx); pupil radius in samples r = NA N dx / lambda >= M/2
-        nmin = max(2 * self.ks, int(np.ceil(self.M * lam_nm * 1e-3 / (2 * o.na * self.dx_um))))
-        N = be.next_fast_len(nmin + (nmin % 2))
-        while N % 2:
-            N = be.next_fast_len(N + 1)
-        fr = np.fft.fftfreq(N, d=self.dx_um) * lam_nm * 1e-3 / o.na  # normalised pupil coordinate
-        # only the region |u| <= 1 (+1 cell) matters: gather it to a compact square
-        sel = np.nonzero(np.abs(fr) <= 1.0 + 2 * abs(fr[1]))[0]
-        c = fr[sel]
-        amp = annular_pupil(c, o.obscuration)
-        mask = amp > 0
-        uu, vv = np.meshgrid(c, c)
-        basis = pupil_basis(self.lens, np.hypot(uu, vv)[mask], np.arctan2(vv, uu)[mask])
-        # half-sample shift so the sub-pixel grid is centred like pos_um: x_n = (n - N/2 + shift) dx
-        shift = -(self.ks - 1) / 2.0 + self.ks // 2  # 0 for odd ks, +0.5 for even ks
-        ramp = np.exp(-2j * np.pi * c * o.na / (lam_nm * 1e-3) * shift * self.dx_um)
-        setup = dict(be=be, N=N, sel=sel, amp=amp, mask=mask, basis=basis, ramp=ramp)
-        self._fft_cache[lam_nm] = setup
-        return setup
+        a = float(np.sum(self.pupil.amp)) ** 2 / self.pupil.energy
+        return sum(w * a * self.q2(lam) for lam, w in zip(o.wavelength_nm, o.spectral_weights))
 
-    def _fft_intensity(self, C: np.ndarray, lam_nm: float) -> np.ndarray:
-        st = self._fft_setup(lam_nm)
-        N, sel, mask = st["N"], st["sel"], st["mask"]
-        W = C @ st["basis"]
-        compact = np.zeros((C.shape[0], len(sel), len(sel)), complex)
-        compact[:, mask] = st["amp"][mask] * np.exp(2j * np.pi * (self.lam_ref / lam_nm) * W)
-        compact *= st["ramp"][None, :, None] * st["ramp"][None, None, :]
-        full = np.zeros((C.shape[0], N, N), complex)
-        full[:, sel[:, None], sel[None, :]] = compact
-        S = np.fft.fftshift(st["be"].fft2(full), axes=(-2, -1))
-        c0 = N // 2 - self.ks // 2
-        S = S[:, c0 : c0 + self.ks, c0 : c0 + self.ks]
-        energy = np.sum(np.abs(compact) ** 2, axis=(-2, -1))[:, None, None]
-        return (S.real**2 + S.imag**2) / (N * N * energy)
+    def finer(self) -> "PSFEngine | None":
+        """The MFT engine with twice the pupil samples (for the extrapolated energy outside the box), or None
+        when that would exceed 1024 samples. Built on first use."""
+        if self._finer is None and 2 * self.M <= 1024:
+            self._finer = PSFEngine(self.lens, pupil_samples=2 * self.M)
+        return self._finer
 
-    # ---------------------------------------------------------------------------------------------
+    # -- PSFs ------------------------------------------------------------------------------------------
     def _bin(self, fine: np.ndarray) -> np.ndarray:
         B = fine.shape[0]
         return fine.reshape(B, self.k, self.s, self.k, self.s).sum(axis=(2, 4))
@@ -204,72 +177,57 @@ class PSFEngine:
         x = np.asarray(x, float).ravel()
         y = np.asarray(y, float).ravel()
         if x.shape != y.shape:
-            raise ValueError(f"x and y must have the same length, got {x.shape} and {y.shape}")
+            raise PsfsimError(f"x and y must have the same length, got {x.shape} and {y.shape}")
         out = np.empty((len(x), self.k, self.k))
         for i in range(0, len(x), _CHUNK):
             p = self._bin(self.fine_intensity(x[i : i + _CHUNK], y[i : i + _CHUNK]))
             out[i : i + _CHUNK] = p / p.sum(axis=(1, 2), keepdims=True)
         return out
 
-    def energy_outside(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Fraction of the energy (weighted over wavelengths) outside the box, ``(B,)``."""
-        res = []
-        for i in range(0, len(x), _CHUNK):
-            res.append(1.0 - self.fine_intensity(x[i : i + _CHUNK], y[i : i + _CHUNK]).sum(axis=(1, 2)))
-        return np.clip(np.concatenate(res), 0.0, 1.0)
+    # -- metrics (psfsim.psf_metrics) -----------------------------------------------------------------
+    def metrics(self, x: np.ndarray, y: np.ndarray, *, energy_outside: bool = True):
+        """Strehl, FWHM and energy outside the box from one evaluation: :func:`psfsim.psf_metrics.psf_metrics`."""
+        from .psf_metrics import psf_metrics
 
-    def _ideal_peak(self) -> float:
-        """Peak of the aberration-free polychromatic energy-fraction intensity (at the origin)."""
-        tot = 0.0
-        for lam, w in zip(self.lens.optics.wavelength_nm, self.lens.optics.weights):
-            tot += w * np.sum(self.amp_p) ** 2 * self._q2(lam) / self.pupil_energy
-        return tot
+        return psf_metrics(self, x, y, energy_outside=energy_outside)
 
-    def strehl(self, x: np.ndarray, y: np.ndarray, refine: int = 9) -> np.ndarray:
-        """Strehl ratio ``(B,)``: peak intensity over the aberration-free peak.
-
-        The peak is located on the sub-pixel grid, then refined on a ``refine x refine`` grid of spacing
-        ``dx / 8`` around it (an MFT at those positions), so off-grid peaks are not underestimated.
-        """
-        res = []
-        o = self.lens.optics
-        for i in range(0, len(x), _CHUNK):
-            xs, ys = x[i : i + _CHUNK], y[i : i + _CHUNK]
-            fine = self.fine_intensity(xs, ys)
-            B = fine.shape[0]
-            idx = fine.reshape(B, -1).argmax(axis=1)
-            py = self.pos_um[idx // self.ks]
-            px = self.pos_um[idx % self.ks]
-            off = (np.arange(refine) - (refine - 1) / 2) * self.dx_um / 8
-            C = field_coefficients(self.lens, xs, ys)
-            tot = np.zeros((B, refine, refine))
-            for lam, w in zip(o.wavelength_nm, o.weights):
-                f = self.coords * o.na / (lam * 1e-3)
-                Ey = np.exp(-2j * np.pi * (py[:, None] + off)[:, :, None] * f[None, None, :])  # (B, r, M)
-                Ex = np.exp(-2j * np.pi * (px[:, None] + off)[:, :, None] * f[None, None, :])
-                P = self._pupil_fields(C, lam)
-                S = Ey @ P @ np.swapaxes(Ex, 1, 2)
-                tot += w * (np.abs(S) ** 2) * self._q2(lam) / self.pupil_energy
-            peak = np.maximum(tot.reshape(B, -1).max(axis=1), fine.reshape(B, -1).max(axis=1))
-            res.append(peak / self._ideal_peak())
-        return np.concatenate(res)
+    def strehl(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Strehl ratio ``(B,)`` (see :func:`psfsim.psf_metrics.psf_metrics`)."""
+        return self.metrics(x, y, energy_outside=False).strehl
 
     def fwhm_px(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Equivalent-area FWHM ``2 sqrt(A / pi)`` in detector pixels, ``(B,)``.
+        """Equivalent-area FWHM ``(B,)`` in detector pixels (see :func:`psfsim.psf_metrics.psf_metrics`)."""
+        return self.metrics(x, y, energy_outside=False).fwhm_px
 
-        ``A`` is the area where the sub-pixel intensity exceeds half its peak, with a linear sub-sample
-        estimate of the contour position (so it is not quantised to whole sub-samples).
-        """
-        res = []
-        for i in range(0, len(x), _CHUNK):
-            fine = self.fine_intensity(x[i : i + _CHUNK], y[i : i + _CHUNK])
-            peak = fine.max(axis=(1, 2), keepdims=True)
-            gy, gx = np.gradient(fine, axis=(1, 2))
-            g = np.hypot(gx, gy) + 1e-30 * peak
-            frac = np.clip(0.5 + (fine - peak / 2) / g, 0.0, 1.0)
-            area = frac.sum(axis=(1, 2)) / self.s**2
-            res.append(2.0 * np.sqrt(area / np.pi))
-        return np.concatenate(res)
+    def energy_outside(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Fraction ``(B,)`` of the energy outside the box (see :func:`psfsim.psf_metrics.energy_outside`)."""
+        from .psf_metrics import energy_outside
+
+        return energy_outside(self, x, y)
+
+
+_engines: OrderedDict = OrderedDict()
+_engines_lock = threading.Lock()
+
+
+def engine_for(lens) -> PSFEngine:
+    """The MFT :class:`PSFEngine` of a lens, shared by every equal lens (same :attr:`~psfsim.lens.Lens.fingerprint`).
+
+    At most :data:`ENGINE_CACHE_SIZE` engines are kept, the least recently used dropped first.
+    """
+    key = lens.fingerprint
+    with _engines_lock:
+        eng = _engines.get(key)
+        if eng is not None:
+            _engines.move_to_end(key)
+            return eng
+    eng = PSFEngine(lens)
+    with _engines_lock:
+        eng = _engines.setdefault(key, eng)
+        _engines.move_to_end(key)
+        while len(_engines) > ENGINE_CACHE_SIZE:
+            _engines.popitem(last=False)
+    return eng
 
 
 def psf_grid(lens, ny: int, nx: int) -> PSFGrid:

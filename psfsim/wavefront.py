@@ -19,9 +19,10 @@ so a batch of field points is one matrix product: ``W (B, P) = C (B, nb) @ basis
 Reference: H. H. Hopkins, *Wave Theory of Aberrations* (1950); J. Sasian, *Introduction to Aberrations in
 Optical Imaging Systems* (2013), eq. 1.5.
 
-Sign conventions: a positive ``x``-tilt (``u`` term, e.g. Noll Z2 > 0) moves the PSF toward +x (increasing
-column); positive W311 moves it away from the axis; positive W131 makes coma's tail point away from the axis
-(along the field azimuth).
+Sign conventions (Born & Wolf's): a positive ``x``-tilt (``u`` term, e.g. Noll Z2 > 0) moves the PSF toward
++x (increasing column); positive W311 moves it away from the axis; positive W131 makes coma's tail point away
+from the axis (along the field azimuth). Lens files written in poppy's sign (``convention = "poppy"``) are
+converted to this one when they are parsed (:mod:`psfsim.lens`), so everything here sees one convention.
 """
 
 from __future__ import annotations

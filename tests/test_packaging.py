@@ -37,3 +37,49 @@ def _imports(pkg: str) -> set[str]:
 def test_import_direction():
     assert not _imports("psfsim") & {"recon", "pipelines"}
     assert "pipelines" not in _imports("recon")
+
+
+def _copy_source(dst: Path) -> Path:
+    """The source tree without build outputs, environments or caches (building a wheel writes into it)."""
+    import shutil
+
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+                                    "demo_out", "bench_out", "*.zarr")
+    return Path(shutil.copytree(ROOT, dst, symlinks=True, ignore=ignore))
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_lens_presets(tmp_path):
+    """A wheel built offline, installed alone in a fresh venv, loads a preset from outside the repository.
+
+    The fresh venv sees the running interpreter's site-packages (numpy, scipy, ...) through a .pth file,
+    never the source tree, and the answer must come from the installed wheel.
+    """
+    import os
+    import sysconfig
+
+    src = _copy_source(tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    run = dict(capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                          "-q", "-w", str(wheels), str(src)], **run)
+    assert out.returncode == 0, out.stderr
+    (whl,) = wheels.glob("svblur-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, **run)
+    py = venv / "bin" / "python"
+    out = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
+                          "-q", str(whl)], **run)
+    assert out.returncode == 0, out.stderr
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, **run).stdout.strip())
+    (site / "_host_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PSFSIM_PRESETS", "PYTHONHOME")}
+    code = "import psfsim; print(psfsim.__file__); print(psfsim.load_lens('microscope').name)"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    out = subprocess.run([str(py), "-c", code], cwd=cwd, env=env, **run)
+    assert out.returncode == 0, out.stderr
+    file, name = out.stdout.split()
+    assert Path(file).resolve().is_relative_to(venv.resolve()), file
+    assert name == "microscope-20x-fieldcurv"

@@ -55,7 +55,7 @@ def test_base_lens_is_valid_and_loads_without_warning():
         lens = lens_from_dict(BASE)
     assert lens.name == "base"
     assert lens.optics.wavelength_nm == (520.0,)
-    assert lens.optics.weights == (1.0,)
+    assert lens.optics.spectral_weights == (1.0,)
     assert lens.optics.na == 0.4
     assert lens.optics.nyquist_pitch_um == pytest.approx(0.325)
     assert lens.field.shape_px == (64, 64)
@@ -253,7 +253,7 @@ def test_other_invalid_values(d, pattern):
 
 def test_error_message_names_origin():
     with pytest.raises(LensError, match=r"^my-lens\.toml: optics\.na = 0\b"):
-        lens_from_dict(make(optics__na=0), origin="my-lens.toml")
+        lens_from_dict(make(optics__na=0), where="my-lens.toml")
 
 
 def test_lens_error_is_a_psfsim_error_and_a_value_error():
@@ -320,7 +320,7 @@ def test_preset_details():
     tele = load_lens("telescope")
     assert tele.optics.wavelength_nm == (450.0, 550.0, 650.0)
     assert tele.optics.obscuration == 0.3
-    assert sum(tele.optics.weights) == pytest.approx(1.0)
+    assert sum(tele.optics.spectral_weights) == pytest.approx(1.0)
     micro = load_lens("microscope")
     assert micro.seidel.W220 == 0.6
     assert micro.field.axis_px == (1023.5, 1023.5)
@@ -369,12 +369,12 @@ def test_higher_monomials_and_scalar_rms():
 def test_weights_normalised():
     d = make(optics__wavelength_nm=[500.0, 600.0], optics__weights=[1.0, 3.0], optics__pixel_pitch_um=0.3)
     lens = lens_from_dict(d)
-    assert lens.optics.weights == pytest.approx((0.25, 0.75))
-    assert sum(lens.optics.weights) == pytest.approx(1.0)
+    assert lens.optics.spectral_weights == pytest.approx((0.25, 0.75))
+    assert sum(lens.optics.spectral_weights) == pytest.approx(1.0)
     assert lens.optics.reference_wavelength_nm == pytest.approx(575.0)
     # no weights: equal
     lens = lens_from_dict(make(optics__wavelength_nm=[500.0, 520.0, 600.0], optics__pixel_pitch_um=0.3))
-    assert lens.optics.weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert lens.optics.spectral_weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
 
 
 def test_negative_or_zero_weights_rejected():
@@ -407,7 +407,7 @@ def test_explicit_axis_kept():
 )
 def test_invalid_toml(text):
     with pytest.raises(LensError, match=r"^bad\.toml: not valid TOML"):
-        lens_from_toml(text, origin="bad.toml")
+        lens_from_toml(text, where="bad.toml")
 
 
 def test_valid_toml_text():
@@ -597,3 +597,94 @@ def test_window_outside_frame_allowed_on_request():
 def test_empty_window_raises():
     with pytest.raises(PsfsimError, match=r"window shape \(0, 4\)"):
         field_coords(lens_from_dict(BASE), origin=(0, 0), shape=(0, 4))
+
+
+# --------------------------------------------------------------------------------------------------
+# equality, shared engines, pickling
+# --------------------------------------------------------------------------------------------------
+def test_equal_lenses_share_one_engine_and_pickle_small():
+    import pickle
+
+    a, b = load_lens("microscope"), load_lens("microscope")
+    assert a is not b and a == b and hash(a) == hash(b)
+    assert a._engine is b._engine  # one PSF engine per fingerprint (psfsim.psf.engine_for)
+    a.psf(0.3, 0.1)  # engine and canonical form cached on the instance
+    blob = pickle.dumps(a)
+    assert len(blob) < 50_000, len(blob)  # the DFT matrices alone are > 100 kB
+    c = pickle.loads(blob)
+    assert c == a and hash(c) == hash(a) and c.to_dict() == a.to_dict()
+    assert c._engine is a._engine
+    np.testing.assert_array_equal(c.psf(0.3, 0.1), a.psf(0.3, 0.1))
+    assert a != load_lens("relay")
+
+
+def test_engine_cache_is_bounded():
+    from psfsim.psf import ENGINE_CACHE_SIZE, _engines
+
+    for i in range(ENGINE_CACHE_SIZE + 3):
+        lens_from_dict(make(seidel__W040=0.01 * i), check_psf_box=False)._engine
+    assert len(_engines) <= ENGINE_CACHE_SIZE
+
+
+def test_description_keeps_the_file_as_written():
+    d = make(optics__wavelength_nm=[500.0, 600.0], optics__weights=[1.0, 3.0], optics__pixel_pitch_um=0.3)
+    lens = lens_from_dict(d)
+    assert lens.description == d and lens.to_dict() == d
+    assert lens.description["optics"]["weights"] == [1.0, 3.0]  # the TOML key stays `weights`
+    assert lens.optics.spectral_weights == pytest.approx((0.25, 0.75))
+
+
+# --------------------------------------------------------------------------------------------------
+# sign convention: born-wolf (default) or poppy
+# --------------------------------------------------------------------------------------------------
+def _centroid(p):
+    yy, xx = np.indices(p.shape)
+    c = (p.shape[0] - 1) / 2
+    return (p * xx).sum() - c, (p * yy).sum() - c
+
+
+@pytest.mark.parametrize("convention, sign", [(None, 1), ("born-wolf", 1), ("poppy", -1)])
+def test_tilt_sign_convention(convention, sign):
+    """Noll Z2 = 2 rho cos(theta) (RMS-normalised, Noll 1976), so a RMS waves is W = 2 a u waves: the linear
+    pupil phase 2 pi (2 a) u, with u in units of the pupil radius (frequency u NA / lambda), shifts the PSF by
+    2 a lambda / NA (Fourier shift theorem): toward +x in Born & Wolf's sign, -x in poppy's."""
+    lam, na, pitch, shift_px = 0.52, 0.4, 0.325, 2.0
+    a = shift_px * pitch * na / (2 * lam)
+    d = with_zernike({"noll": 2, "rms_waves": a}, psf__size_px=45)
+    if convention:
+        d["convention"] = convention
+    lens = lens_from_dict(d)
+    cx, cy = _centroid(lens.psf(0.0, 0.0))
+    assert cx == pytest.approx(sign * shift_px, abs=0.03)
+    assert abs(cy) < 1e-6
+    assert lens.to_dict() == d  # the convention is recorded in the description
+
+
+def test_coma_tail_flips_under_poppy():
+    """W131 > 0: the comatic tail points away from the axis in Born & Wolf's sign, toward it in poppy's."""
+    m3 = {}
+    for conv in ("born-wolf", "poppy"):
+        p = lens_from_dict(make(convention=conv, seidel__W131=0.6, psf__size_px=45)).psf(0.9, 0.0)
+        yy, xx = np.indices(p.shape)
+        m3[conv] = (p * (xx - (p * xx).sum()) ** 3).sum()
+    assert m3["born-wolf"] > 0.5 and m3["poppy"] == pytest.approx(-m3["born-wolf"], rel=1e-9)
+
+
+def test_poppy_convention_mirrors_the_psf():
+    """poppy's PSF is Born & Wolf's mirrored through the axis: odd terms flip (tilt, coma, W131, W311),
+    even ones (defocus, astigmatism, spherical) stay."""
+    terms = [{"noll": 2, "rms_waves": 0.1}, {"noll": 4, "rms_waves": 0.1}, {"noll": 6, "rms_waves": {"x": 0.08}},
+             {"noll": 8, "rms_waves": {"c": 0.05, "y": 0.05}}, {"noll": 9, "rms_waves": 0.04}]
+    kw = dict(seidel__W131=0.2, seidel__W311=0.1, seidel__W040=0.1, seidel__W222=0.1, psf__size_px=45)
+    bw = lens_from_dict(with_zernike(*terms, **kw))
+    pp = lens_from_dict(with_zernike(*terms, convention="poppy", **kw))
+    assert pp != bw
+    for x, y in [(0.0, 0.0), (0.5, -0.3), (-0.4, 0.6)]:
+        np.testing.assert_allclose(pp.psf(x, y), bw.psf(x, y)[::-1, ::-1], atol=1e-12)
+    assert [z.coefficients[0][1] for z in pp.zernike] == [-0.1, 0.1, 0.08, -0.05, -0.04]
+    assert (pp.seidel.W131, pp.seidel.W311, pp.seidel.W040) == (-0.2, -0.1, 0.1)
+
+
+def test_unknown_convention():
+    with pytest.raises(LensError, match=r"convention = 'zemax': expected one of 'born-wolf', 'poppy'"):
+        lens_from_dict(make(convention="zemax"))
