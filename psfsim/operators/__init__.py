@@ -83,6 +83,9 @@ def make_operator(lens, *, shape=None, origin=(0, 0), method: str = "fast", rank
     workers : threads per FFT of the fast operator (default all cores; 1 under a threaded scheduler).
     allow_outside : accept a window reaching past the frame.
     """
+    from ..checks import as_lens
+
+    lens = as_lens(lens)
     shape = tuple(lens.field.shape_px) if shape is None else tuple(shape)
     if method == "exact":
         return ExactOperator(lens, shape=shape, origin=origin, allow_outside=allow_outside)
@@ -93,18 +96,20 @@ def make_operator(lens, *, shape=None, origin=(0, 0), method: str = "fast", rank
 
 
 def blur(image, lens, *, origin=(0, 0), method: str = "fast", rank: int | None = None, tol: float = DEFAULT_TOL,
-         workers: int | None = None, allow_outside: bool = False):
+         workers: int | None = None, allow_outside: bool = False, nan_policy: str = "raise"):
     """Blur ``image`` ``(H, W)`` or ``(B, H, W)``, the window of the lens field at ``origin``, as the lens would.
 
     Zero boundary: light from outside the window is absent, light leaving it is lost. Output dtype follows
-    :func:`result_dtype` (float32 for float32 or integer input, float64 for float64).
+    :func:`result_dtype` (float32 for float32 or integer input, float64 for float64). Non-finite pixels are
+    refused, or with ``nan_policy="fill"`` filled for the blur and NaN again in the output (:mod:`psfsim.checks`).
     """
-    image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        raise PsfsimError(f"image of shape {image.shape}: expected (H, W) or (B, H, W)")
+    from ..checks import checked_image, remask
+
+    odt = result_dtype(image)
+    image, mask = checked_image(image, nan_policy=nan_policy)
     op = make_operator(lens, shape=image.shape[-2:], origin=origin, method=method, rank=rank, tol=tol,
                        workers=workers, allow_outside=allow_outside)
-    return op(image)
+    return remask(op(image.astype(odt, copy=False)), mask)
 
 
 def torch_blur(lens_or_basis, *, rank: int | None = None, tol: float = DEFAULT_TOL):

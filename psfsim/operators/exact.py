@@ -43,7 +43,7 @@ class ExactOperator:
 
     def forward(self, m: np.ndarray) -> np.ndarray:
         """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` (computed in float64); dtype by :func:`result_dtype`."""
-        mb, single = as_image_batch(m, self.shape)
+        mb, single = as_image_batch(m, self.shape, np.float64)
         H, W = self.shape
         k, c = self.k, self.k // 2
         out = np.zeros((mb.shape[0], H + k - 1, W + k - 1))
@@ -55,7 +55,7 @@ class ExactOperator:
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
         """Adjoint ``A^T y``: ``(A^T y)(j) = sum_i h(i - j; field(j)) y(i)``."""
-        yb, single = as_image_batch(y, self.shape)
+        yb, single = as_image_batch(y, self.shape, np.float64)
         H, W = self.shape
         k, c = self.k, self.k // 2
         ypad = np.zeros((yb.shape[0], H + k - 1, W + k - 1))

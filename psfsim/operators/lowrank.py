@@ -55,12 +55,14 @@ def result_dtype(a) -> np.dtype:
     return dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
 
 
-def as_image_batch(a, shape) -> tuple[np.ndarray, bool]:
-    """``(H, W)`` or ``(B, H, W)`` -> ``((B, H, W), was_single)``; shape-checked for every numpy operator."""
-    a = np.asarray(a)
-    if a.ndim not in (2, 3) or a.shape[-2:] != tuple(shape):
-        raise PsfsimError(f"expected an image of shape {tuple(shape)} or (B, *{tuple(shape)}), got {a.shape}")
-    result_dtype(a)
+def as_image_batch(a, shape, work_dtype=np.float32) -> tuple[np.ndarray, bool]:
+    """``(H, W)`` or ``(B, H, W)`` -> ``((B, H, W), was_single)``; shape-, dtype- and finiteness-checked for every
+    numpy operator (non-finite pixels are refused: :mod:`psfsim.checks`)."""
+    from ..checks import checked_image
+
+    a, _ = checked_image(a, "image", work_dtype=work_dtype)
+    if a.shape[-2:] != tuple(shape):
+        raise PsfsimError(f"image of shape {a.shape}: expected {tuple(shape)} or (B, *{tuple(shape)}), the operator's window")
     return (a[None] if a.ndim == 2 else a), a.ndim == 2
 
 
@@ -457,7 +459,7 @@ class LowRankOperator:
         return [slice(i, min(i + step, K)) for i in range(0, K, step)]
 
     def _as_batch(self, a):
-        b, single = as_image_batch(a, self.shape)
+        b, single = as_image_batch(a, self.shape, self.dtype)
         return b.astype(self.dtype, copy=False), single, result_dtype(b)
 
     def forward(self, m: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ class RLResult:
 
 
 def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None = None, eps: float = 1e-6,
-                    progress: bool = False) -> RLResult:
+                    progress: bool = False, nan_policy: str = "raise") -> RLResult:
     """Richardson-Lucy with operator ``op`` (``op(x)``, ``op.adjoint(y)``) on ``image`` ``(H, W)``.
 
     Parameters
@@ -46,12 +46,23 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
         Floor of the denominators.
     progress : bool
         Show a tqdm progress bar.
+    nan_policy : {"raise", "fill"}
+        Non-finite pixels: refused, or filled for the computation and NaN in the output (:mod:`psfsim.checks`).
     """
+    from ..checks import check_result, checked_image, remask
     from ..operators.lowrank import result_dtype
 
-    if int(iters) != iters or iters < 1:
-        raise PsfsimError(f"iters = {iters!r}: expected a whole number >= 1")
+    try:
+        if int(iters) != iters or iters < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise PsfsimError(f"iters = {iters!r}: expected a whole number >= 1") from None
+    if tol is not None and not (np.isfinite(tol) and tol > 0):
+        raise PsfsimError(f"tol = {tol!r}: expected a number > 0 (or None: run all iterations)")
     odt = result_dtype(image)
+    image, mask = checked_image(image, nan_policy=nan_policy, ndims=(2,))
+    if tuple(image.shape) != tuple(getattr(op, "shape", image.shape)):
+        raise PsfsimError(f"image of shape {image.shape} does not match the operator's window {tuple(op.shape)}")
     y = np.clip(np.asarray(image, np.float64), 0, None).astype(np.float32)
     norm = np.maximum(op.adjoint(np.ones_like(y)), eps)
     x = np.full_like(y, max(float(y.mean()), eps))
@@ -63,9 +74,10 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
         for n in range(1, int(iters) + 1):
             ratio = y / np.maximum(op(x), eps)
             x_new = np.maximum(x * op.adjoint(ratio) / norm, 0)
-            change = float(np.linalg.norm(x_new - x) / max(np.linalg.norm(x), eps))
+            if tol is not None or n == int(iters):  # the change costs two norms: only when it is used
+                change = float(np.linalg.norm(x_new - x) / max(np.linalg.norm(x), eps))
             x = x_new
             bar.update(1)
             if tol is not None and change < tol:
-                return RLResult(x.astype(odt, copy=False), n, change, True)
-    return RLResult(x.astype(odt, copy=False), n, change, tol is None)
+                return RLResult(remask(check_result(x.astype(odt, copy=False), "richardson_lucy"), mask), n, change, True)
+    return RLResult(remask(check_result(x.astype(odt, copy=False), "richardson_lucy"), mask), n, change, tol is None)

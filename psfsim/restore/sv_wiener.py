@@ -47,7 +47,7 @@ def blend_weights_1d(start: int, size: int, n: int) -> np.ndarray:
 
 def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balance: float | None = None,
               noise_sigma: float | None = None, reg: str = "gradient", backend: str | None = None,
-              workers: int | None = None, psf_at=None) -> np.ndarray:
+              workers: int | None = None, psf_at=None, nan_policy: str = "raise") -> np.ndarray:
     """Spatially-varying Wiener deconvolution of a window ``(H, W)`` (or a batch ``(B, H, W)`` of images of that
     one window) of the lens field at ``origin``.
 
@@ -62,6 +62,8 @@ def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balanc
         Patch side in pixels (even, >= 2 PSF sizes recommended); stride is ``patch // 2``.
     balance, noise_sigma, reg : as :func:`psfsim.restore.wiener.wiener`.
     backend, workers : FFT backend and threads per transform (1 under a threaded scheduler).
+    nan_policy : {"raise", "fill"}
+        Non-finite pixels: refused, or filled for the computation and NaN in the output (:mod:`psfsim.checks`).
     psf_at : callable, optional
         ``psf_at(rows, cols) -> (N, k, k)`` PSFs at frame pixel positions; default the lens's exact PSFs
         (:meth:`LowRankBasis.psfs_at` gives the interpolated ones, much faster when windows change often).
@@ -70,17 +72,26 @@ def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balanc
     -------
     ndarray, the image's shape; dtype by :func:`psfsim.operators.result_dtype`.
     """
+    from ..checks import as_lens, check_result, checked_image, remask
     from ..field import check_window
     from ..operators.lowrank import result_dtype
 
-    image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        raise PsfsimError(f"image of shape {image.shape}: expected (H, W) or (B, H, W)")
-    if int(patch) != patch or patch < 8 or patch % 2:
+    lens = as_lens(lens)
+    dtype = result_dtype(image)
+    image, mask = checked_image(image, nan_policy=nan_policy)
+    if mask is not None:
+        out = sv_wiener(image.astype(dtype, copy=False), lens, origin=origin, patch=patch, balance=balance,
+                        noise_sigma=noise_sigma, reg=reg, backend=backend, workers=workers, psf_at=psf_at)
+        return remask(out, mask)
+    try:
+        if int(patch) != patch:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise PsfsimError(f"patch = {patch!r}: expected an even number >= 8") from None
+    if patch < 8 or patch % 2:
         raise PsfsimError(f"patch = {patch!r}: expected an even number >= 8")
     patch = int(patch)
     origin, _ = check_window(lens, origin=origin, shape=image.shape[-2:])
-    dtype = result_dtype(image)
     if image.ndim == 3:
         return np.stack([sv_wiener(im, lens, origin=origin, patch=patch, balance=balance, noise_sigma=noise_sigma,
                                    reg=reg, backend=backend, workers=workers, psf_at=psf_at) for im in image]).astype(dtype, copy=False)
@@ -130,4 +141,4 @@ def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balanc
             w = blend_weights_1d(r, ph, H)[:, None] * blend_weights_1d(c, pw, W)[None, :]
             out[r : r + ph, c : c + pw] += w * res[j]
             wsum[r : r + ph, c : c + pw] += w
-    return (out / wsum).astype(dtype)
+    return check_result((out / wsum).astype(dtype), "sv_wiener")

@@ -135,8 +135,12 @@ def resolve_balance(image: np.ndarray, balance: float | None, noise_sigma: float
     1.2 dB better with the exact prior: 44.9 vs 46.2). Pass ``psf_energy`` for the textbook value.
     """
     if balance is not None:
-        if not (np.isfinite(balance) and balance > 0):
-            raise PsfsimError(f"balance = {balance!r}: expected a number > 0")
+        try:
+            ok = bool(np.isfinite(balance) and 0 < balance < 1e30)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise PsfsimError(f"balance = {balance!r}: expected a number > 0 and below 1e30 (float32 computation)")
         return float(balance)
     if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma >= 0):
         raise PsfsimError(f"noise_sigma = {noise_sigma!r}: expected a number >= 0")
@@ -176,7 +180,7 @@ def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
 
 def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, noise_sigma: float | None = None,
            reg: str = "gradient", boundary: str = "reflect", backend: str | None = None, workers: int | None = None,
-           clip: bool = False) -> np.ndarray:
+           clip: bool = False, nan_policy: str = "raise") -> np.ndarray:
     """Deconvolve ``image`` ``(H, W)`` or ``(B, H, W)`` by one centred ``psf`` ``(k, k)``.
 
     Parameters
@@ -190,6 +194,9 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
     backend, workers : FFT backend and threads per transform (default all cores; 1 under a threaded scheduler).
     clip : bool
         Clip the result to [0, 1] (skimage's default; off here).
+    nan_policy : {"raise", "fill"}
+        Non-finite pixels: refused, or filled for the computation and NaN again in the output
+        (:mod:`psfsim.checks`).
 
     Returns
     -------
@@ -200,16 +207,15 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
         raise PsfsimError(f"boundary = {boundary!r}: expected one of {', '.join(BOUNDARIES)}")
     if reg not in REGULARISERS:
         raise PsfsimError(f"reg = {reg!r}: expected one of {', '.join(REGULARISERS)}")
+    from ..checks import check_result, checked_image, checked_psf, remask
     from ..operators.lowrank import result_dtype
 
-    image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        raise PsfsimError(f"image of shape {image.shape}: expected (H, W) or (B, H, W)")
+    dtype = result_dtype(image)
+    image, mask = checked_image(image, nan_policy=nan_policy)
     single = image.ndim == 2
     img = image[None] if single else image
-    dtype = result_dtype(img)
     img = img.astype(dtype, copy=False)
-    psf = np.asarray(psf, dtype)
+    psf = checked_psf(psf).astype(dtype)
     # one balance per image (the noise estimate must not depend on what else is in the batch)
     bal = np.array([resolve_balance(im, balance, noise_sigma, reg) for im in img], np.float32)[:, None, None]
     fft = get_backend(backend, workers)
@@ -234,4 +240,5 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
     out = out[:, pad : pad + H, pad : pad + W].astype(dtype, copy=False)
     if clip:
         out = np.clip(out, 0, 1)
-    return out[0] if single else out
+    out = out[0] if single else out
+    return remask(check_result(out, "wiener"), mask)
