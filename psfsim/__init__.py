@@ -14,6 +14,7 @@ The public API (``import psfsim`` stays light: no torch, no dask):
 >>> noisy = psfsim.NoiseModel(photons=1000, read_noise=2).apply(blurred, np.random.default_rng(0))
 >>> restored = psfsim.sv_wiener(noisy, lens, origin=(0, 0))
 >>> psfsim.simulate(psfsim.SimulationSpec(...), "data.zarr")          # a training dataset
+>>> reader = psfsim.DatasetReader("data.zarr")                        # its samples, windows and coordinates
 """
 
 from ._version import __version__
@@ -32,7 +33,7 @@ from .lens import (
     preset_names,
 )
 from .psf import PSFEngine, PSFGrid, psf_grid
-from .dataset import SimulationSpec, open_dataset, simulate
+from .dataset import DatasetReader, SimulationSpec, open_dataset, simulate
 from .noise import NoiseModel
 from .operators import ExactOperator, LowRankBasis, LowRankOperator, blur, lowrank_basis, make_operator
 from .restore import richardson_lucy, sv_wiener, wiener
@@ -61,6 +62,7 @@ __all__ = [
     "psf_grid",
     "SimulationSpec",
     "open_dataset",
+    "DatasetReader",
     "simulate",
     "NoiseModel",
     "ExactOperator",

@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 import psfsim
-from psfsim.dataset import SimulationSpec, _Context, export_hdf5, make_sample, open_dataset, sample_origins, simulate
+from psfsim.dataset import SampleContext, SimulationSpec, export_hdf5, make_sample, open_dataset, sample_origins, simulate
 from psfsim.operators import lowrank_basis
 from psfsim.sources import parse_source
 
@@ -31,7 +31,7 @@ def _spec(lens, **kw):
 def test_window_blur_equals_crop_of_blurred_frame(small_lens):
     """A sample's blurred window (with the light from around it) equals the crop of the whole blurred frame."""
     spec = _spec(small_lens)
-    ctx = _Context(spec)
+    ctx = SampleContext(spec)
     H, W = small_lens.field.shape_px
     m = ctx.margin
     for i, origin in enumerate([(0, 0), (37, 50), (160 - 48, 192 - 64)]):
@@ -45,8 +45,8 @@ def test_window_blur_equals_crop_of_blurred_frame(small_lens):
         frame /= frame[max(0, origin[0] - m) : origin[0] + 48 + m, max(0, origin[1] - m) : origin[1] + 64 + m].max()
         full = lowrank_basis(small_lens).operator((H, W), (0, 0))(frame.astype(np.float32))
         crop = full[origin[0] : origin[0] + 48, origin[1] : origin[1] + 64]
-        np.testing.assert_allclose(s["blurred"], crop, atol=2e-6)
-        np.testing.assert_allclose(s["sharp"], frame[origin[0] : origin[0] + 48, origin[1] : origin[1] + 64], atol=1e-6)
+        np.testing.assert_allclose(s.blurred, crop, atol=2e-6)
+        np.testing.assert_allclose(s.sharp, frame[origin[0] : origin[0] + 48, origin[1] : origin[1] + 64], atol=1e-6)
 
 
 def test_simulate_store_layout_and_metadata(small_lens, tmp_path):
@@ -66,8 +66,12 @@ def test_simulate_store_layout_and_metadata(small_lens, tmp_path):
     a = g.attrs
     assert a["complete"] is True and a["spec"]["seed"] == 5 and a["spec"]["photons"] == 300.0
     assert psfsim.lens_from_dict(a["spec"]["lens"]).name == small_lens.name  # the lens can be rebuilt
-    assert sorted(a["splits"]["train"] + a["splits"]["val"] + a["splits"]["test"]) == list(range(10))
-    assert a["psfsim_version"] == psfsim.__version__ and "created" in a and "normalisation" in a
+    codes = g["split"][:]
+    assert g["split"].dtype == np.uint8 and a["split_names"] == ["train", "val", "test"]
+    assert sorted(codes.tolist()) == [0] * 8 + [1] + [2]  # 0.8 / 0.1 / 0.1 of 10 samples
+    assert a["psfsim_version"] == psfsim.__version__ and "created" in a
+    assert a["format"] == "psfsim-dataset/2"
+    assert a["normalisation"]["kind"] == "source_region_max" and a["normalisation"]["margin_px"] == 16
     # the noisy sample has the Poisson-Gaussian variance around its mean (seeded)
     assert not np.array_equal(g["blurred"][0], g["sharp"][0])
 
