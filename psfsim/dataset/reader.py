@@ -2,7 +2,7 @@
 
 A :class:`DatasetReader` is what ``recon`` (a torch ``Dataset``) and ``pipelines`` (Dask tasks) build on:
 samples as frozen dataclasses carrying their window of the lens field and its coordinates, batched reads
-with one orthogonal selection per array, and pickling that carries only the path and the store's small
+(every chunk fetched concurrently), and pickling that carries only the path and the store's small
 attributes (each process reopens the store lazily; no array is ever pickled).
 """
 
@@ -279,17 +279,36 @@ class DatasetReader:
 
     def __getitem__(self, i) -> DatasetSample:
         j = self._index(i)
-        imgs = {k: np.asarray(self._array(k)[j]) for k in ARRAYS}
+        imgs = {k: v[0] for k, v in self._fetch(ARRAYS, np.array([j])).items()}
         origin, _ = self.window(j)
         return DatasetSample(index=j, origin=origin, field_coords=self.field_coords(j),
                              split=self.split_names[int(self.split_codes[j])], **imgs)
+
+    def _fetch(self, names, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """``{name: (B, h, w)}`` for sorted unique ``indices``: every (array, sample) chunk read concurrently in
+        one pass through zarr's event loop. Measured on a 1000-sample 128 x 128 store (2 shared cores): 1.1-1.4x the
+        samples/s of one orthogonal selection per array, which reads the chunks of one array at a time
+        (``benchmarks/bench_dataset.py``). Falls back to orthogonal selections if zarr's loop runner moves."""
+        arrays = [self._array(k) for k in names]
+        try:
+            from zarr.core.sync import sync
+        except ImportError:  # pragma: no cover - another zarr layout: the public, slower route
+            return {k: np.asarray(a.get_orthogonal_selection((indices,))) for k, a in zip(names, arrays)}
+        import asyncio
+
+        async def gather():
+            return await asyncio.gather(*[a.async_array.getitem(int(i)) for a in arrays for i in indices])
+
+        parts = sync(gather())
+        B = len(indices)
+        return {k: np.stack([np.asarray(p) for p in parts[j * B : (j + 1) * B]]) for j, k in enumerate(names)}
 
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]
 
     def read(self, indices, arrays=("sharp", "blurred"), *, coords: bool = False) -> DatasetBatch:
-        """Read several samples at once (one orthogonal selection per array), in the order given.
+        """Read several samples at once (all their chunks fetched concurrently), in the order given.
 
         Parameters
         ----------
@@ -315,10 +334,7 @@ class DatasetReader:
             raise PsfsimError(f"arrays {unknown!r}: expected some of {', '.join(ARRAYS)}")
         uniq, inverse = np.unique(idx, return_inverse=True)
         same = np.array_equal(uniq, idx)  # already sorted and unique: no reordering copy
-        out = {}
-        for k in arrays:
-            data = np.asarray(self._array(k).get_orthogonal_selection((uniq,)))
-            out[k] = data if same else data[inverse]
+        out = {k: (v if same else v[inverse]) for k, v in self._fetch(arrays, uniq).items()}
         fc = None
         if coords:
             h, w = self.size
