@@ -286,8 +286,8 @@ class DatasetReader:
 
     def _fetch(self, names, indices: np.ndarray) -> dict[str, np.ndarray]:
         """``{name: (B, h, w)}`` for sorted unique ``indices``: every (array, sample) chunk read concurrently in
-        one pass through zarr's event loop. Measured on a 1000-sample 128 x 128 store (2 shared cores): 1.1-1.4x the
-        samples/s of one orthogonal selection per array, which reads the chunks of one array at a time
+        one pass through zarr's event loop. Measured on a 1000-sample 128 x 128 store (2 shared cores):
+        1.1-1.4x the samples/s of one orthogonal selection per array, which reads one array at a time
         (``benchmarks/bench_dataset.py``). Falls back to orthogonal selections if zarr's loop runner moves."""
         arrays = [self._array(k) for k in names]
         try:

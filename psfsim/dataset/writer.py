@@ -116,7 +116,7 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str)
                   "model": "(Poisson(photons * x) + N(0, read_noise^2)) / photons, x = blurred sample"},
         "normalisation": {"kind": NORMALISATION_KIND, "margin_px": margin, "range": [0.0, 1.0],
                           "description": "each sample's source region (window + margin_px on every side) divided "
-                                         "by its maximum before blur and noise, so sharp is in range"},
+                                         "by its maximum before blur and noise, so sharp lies in range"},
         "split_names": list(SPLIT_NAMES),
         "block": block,
         "n_blocks": nb,
