@@ -81,6 +81,8 @@ def test_batched_read_equals_single_reads(store):
         assert tuple(b.origins[j]) == s.origin
     b = r.read(np.arange(3), arrays="wiener")  # sorted, unique: no reordering
     np.testing.assert_array_equal(b.wiener[2], r[2].wiener)
+    b = r.read([], coords=True)
+    assert b.sharp.shape == (0, 48, 64) and b.origins.shape == (0, 2) and b.field_coords.shape == (0, 2, 48, 64)
     with pytest.raises(psfsim.PsfsimError, match="arrays.*expected some of"):
         r.read([0], arrays=("sharpest",))
     with pytest.raises(psfsim.PsfsimError, match="sample index 12"):
