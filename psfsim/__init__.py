@@ -17,6 +17,7 @@ The public API (``import psfsim`` stays light: no torch, no dask):
 >>> noisy = psfsim.NoiseModel(photons=1000, read_noise=2).apply(blurred, np.random.default_rng(0))
 >>> restored = psfsim.sv_wiener(noisy, lens, origin=(0, 0))
 >>> psfsim.simulate(psfsim.SimulationSpec(...), "data.zarr")          # a training dataset
+>>> reader = psfsim.DatasetReader("data.zarr")                        # its samples, windows and coordinates
 """
 
 from ._version import __version__
@@ -36,7 +37,7 @@ from .lens import (
 )
 from .psf import PSFEngine, PSFGrid, psf_grid
 from .psf_metrics import PSFMetrics
-from .dataset import SimulationSpec, open_dataset, simulate
+from .dataset import DatasetReader, SimulationSpec, open_dataset, simulate
 from .noise import NoiseModel
 from .operators import (
     ExactOperator,
@@ -78,6 +79,7 @@ __all__ = [
     "PSFMetrics",
     "SimulationSpec",
     "open_dataset",
+    "DatasetReader",
     "simulate",
     "NoiseModel",
     "ExactOperator",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PsfsimError
+from .report import lens_summary, write_grid  # noqa: F401  (moved; still importable from here)
 
 __all__ = ["main", "build_parser"]
 
@@ -54,28 +55,7 @@ def cmd_psf(args) -> int:
     return 0
 
 
-def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True) -> dict:
-    """PSF grid as ``psf_grid.npz`` (``psfs, x, y, rows, cols``) + montage, Strehl and FWHM PNGs in ``out``."""
-    from .figures import field_map, psf_montage
-
-    if out.exists() and not out.is_dir():
-        raise PsfsimError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    grid = lens.psf_grid(ny, nx)
-    x, y = grid.x.ravel(), grid.y.ravel()
-    strehl = lens.strehl(x, y).reshape(ny, nx)
-    fwhm = lens.fwhm_px(x, y).reshape(ny, nx)
-    npz = out / "psf_grid.npz"
-    tmp = out / ".psf_grid.tmp.npz"
-    np.savez(tmp, psfs=grid.psfs, x=grid.x, y=grid.y, rows=grid.rows, cols=grid.cols, strehl=strehl, fwhm_px=fwhm)
-    tmp.replace(npz)
-    files = {
-        "grid": npz,
-        "montage": psf_montage(grid, out / "psf_montage.png", log=log, title=lens.name),
-        "strehl": field_map(strehl, grid, out / "strehl_map.png", label="Strehl ratio", title=f"{lens.name}: Strehl ratio"),
-        "fwhm": field_map(fwhm, grid, out / "fwhm_map.png", label="FWHM (px)", title=f"{lens.name}: equivalent-area FWHM", cmap="magma"),
-    }
-    return files
+# the reports (lens summary, PSF grid files, dataset summary) live in psfsim.report
 
 
 def cmd_grid(args) -> int:
@@ -91,40 +71,12 @@ def cmd_grid(args) -> int:
     return 0
 
 
-def lens_summary(lens) -> str:
-    """Human-readable summary of a lens (``psfsim info LENS``)."""
-    o, f, s = lens.optics, lens.field, lens.psf_sampling
-    H, W = f.shape_px
-    corners = f.corners_field
-    far = corners[np.argmax(np.hypot(corners[:, 0], corners[:, 1]))]
-    edge_x = float(f.pixel_to_field(f.axis_px[0], W - 1)[0])
-    pts = np.array([[0.0, 0.0], [edge_x, 0.0], far])
-    strehl = lens.strehl(pts[:, 0], pts[:, 1])
-    fwhm = lens.fwhm_px(pts[:, 0], pts[:, 1])
-    wl = ", ".join(f"{w:g}" for w in o.wavelength_nm)
-    wt = ", ".join(f"{w:.3g}" for w in o.spectral_weights)
-    margin = o.nyquist_pitch_um / o.pixel_pitch_um
-    lines = [
-        f"lens            {lens.name}",
-        f"wavelengths     {wl} nm (weights {wt}; aberrations in waves at {o.reference_wavelength_nm:.1f} nm)",
-        f"NA              {o.na:g} (immersion index {o.immersion_index:g}), obscuration {o.obscuration:g}",
-        f"pixel pitch     {o.pixel_pitch_um:g} um; Nyquist lambda_min/(4 NA) = {o.nyquist_pitch_um:.4g} um "
-        f"(margin x{margin:.2f}, {'sampled' if margin >= 1 - 1e-9 else 'UNDERSAMPLED'})",
-        f"diffraction     Airy first zero 0.61 lambda/NA = {o.airy_zero_px:.2f} px",
-        f"field           {H} x {W} px, axis at (row {f.axis_px[0]:g}, col {f.axis_px[1]:g}), half-diagonal {f.half_diagonal_px:.1f} px",
-        f"PSF box         {s.size_px} px, oversample {s.oversample}, pupil samples {lens._engine.M}",
-        f"Strehl / FWHM   centre {strehl[0]:.3f} / {fwhm[0]:.2f} px; edge (x={edge_x:+.2f}) {strehl[1]:.3f} / {fwhm[1]:.2f} px; "
-        f"corner ({far[0]:+.2f}, {far[1]:+.2f}) {strehl[2]:.3f} / {fwhm[2]:.2f} px",
-    ]
-    return "\n".join(lines)
-
-
 def cmd_info(args) -> int:
     from .lens import load_lens
 
     target = Path(args.target)
     if target.is_dir() and (target / "zarr.json").exists():
-        from .dataset import dataset_summary
+        from .report import dataset_summary
 
         print(dataset_summary(target))
         return 0

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import lens_summary, write_grid
 from .errors import PsfsimError
 from .lens import load_lens
+from .report import lens_summary, write_grid
 
 SEED = 20240101
 
@@ -103,7 +103,8 @@ def restore_step(lens, out: Path, image_name: str = "camera", photons: float = 1
 
 
 def dataset_step(lens, out: Path, n: int = 300, size=(128, 128), workers: int = 2) -> dict:
-    from .dataset import SimulationSpec, baseline_scores, open_dataset, simulate
+    from .dataset import DatasetReader, SimulationSpec, simulate
+    from .report import baseline_scores
 
     spec = SimulationSpec(lens=lens.to_dict(), source="skimage:cell,cells", n=n, size=size, seed=SEED,
                           photons=2000.0, read_noise=2.0)
@@ -112,11 +113,11 @@ def dataset_step(lens, out: Path, n: int = 300, size=(128, 128), workers: int = 
     res = simulate(spec, path, workers=workers, overwrite=True, progress=True,
                    command=f"python -m psfsim.demo --out {out.parent}")
     print(f"  {res['samples_written']} samples of {size[0]}x{size[1]} in {res['elapsed_s']:.1f} s ({res['rate']:.1f} samples/s) -> {path}")
-    g = open_dataset(path)
-    test = g.attrs["splits"]["test"]
+    reader = DatasetReader(path)
+    test = reader.splits["test"]
     print(f"  test split ({len(test)} samples):   PSNR     SSIM")
-    for k, (p, s_) in baseline_scores(g, test).items():
-        print(f"    {k:24s} {p:6.2f} dB  {s_:.3f}")
+    for k, sc in baseline_scores(reader, test).items():
+        print(f"    {k:24s} {sc.psnr_db:6.2f} dB  {sc.ssim:.3f}")
     return {"dataset": path}
 
 

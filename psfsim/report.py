@@ -1,0 +1,140 @@
+"""Human-readable reports: a lens's summary, its PSF grid files, a dataset's summary and baseline scores.
+
+Used by ``psfsim info``, ``psfsim grid`` and ``make demo``. IO at the edge: the numbers come from the lens and
+the dataset reader; this module only formats and writes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PsfsimError
+
+__all__ = ["lens_summary", "write_grid", "dataset_summary", "baseline_scores", "BaselineScore"]
+
+
+def lens_summary(lens) -> str:
+    """Human-readable summary of a lens (``psfsim info LENS``): optics, sampling, Strehl and FWHM over the field."""
+    o, f, s = lens.optics, lens.field, lens.psf_sampling
+    H, W = f.shape_px
+    corners = f.corners_field
+    far = corners[np.argmax(np.hypot(corners[:, 0], corners[:, 1]))]
+    edge_x = float(f.pixel_to_field(f.axis_px[0], W - 1)[0])
+    pts = np.array([[0.0, 0.0], [edge_x, 0.0], far])
+    strehl = lens.strehl(pts[:, 0], pts[:, 1])
+    fwhm = lens.fwhm_px(pts[:, 0], pts[:, 1])
+    weights = o.spectral_weights if hasattr(o, "spectral_weights") else o.weights
+    wl = ", ".join(f"{w:g}" for w in o.wavelength_nm)
+    wt = ", ".join(f"{w:.3g}" for w in weights)
+    margin = o.nyquist_pitch_um / o.pixel_pitch_um
+    lines = [
+        f"lens            {lens.name}",
+        f"wavelengths     {wl} nm (weights {wt}; aberrations in waves at {o.reference_wavelength_nm:.1f} nm)",
+        f"NA              {o.na:g} (immersion index {o.immersion_index:g}), obscuration {o.obscuration:g}",
+        f"pixel pitch     {o.pixel_pitch_um:g} um; Nyquist lambda_min/(4 NA) = {o.nyquist_pitch_um:.4g} um "
+        f"(margin x{margin:.2f}, {'sampled' if margin >= 1 - 1e-9 else 'UNDERSAMPLED'})",
+        f"diffraction     Airy first zero 0.61 lambda/NA = {o.airy_zero_px:.2f} px",
+        f"field           {H} x {W} px, axis at (row {f.axis_px[0]:g}, col {f.axis_px[1]:g}), half-diagonal {f.half_diagonal_px:.1f} px",
+        f"PSF box         {s.size_px} px, oversample {s.oversample}, pupil samples {lens._engine.M}",
+        f"Strehl / FWHM   centre {strehl[0]:.3f} / {fwhm[0]:.2f} px; edge (x={edge_x:+.2f}) {strehl[1]:.3f} / {fwhm[1]:.2f} px; "
+        f"corner ({far[0]:+.2f}, {far[1]:+.2f}) {strehl[2]:.3f} / {fwhm[2]:.2f} px",
+    ]
+    return "\n".join(lines)
+
+
+def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True) -> dict:
+    """PSF grid over the field, written into the folder ``out``.
+
+    Files: ``psf_grid.npz`` (``psfs`` (ny, nx, k, k) float64, ``x``, ``y`` field coordinates and ``rows``,
+    ``cols`` pixel positions (ny, nx), ``strehl``, ``fwhm_px`` (ny, nx)), written atomically; PNGs
+    ``psf_montage.png``, ``strehl_map.png``, ``fwhm_map.png``. Returns ``{"grid", "montage", "strehl", "fwhm"}``
+    -> paths.
+    """
+    from .figures import field_map, psf_montage
+    from .store import atomic_file
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PsfsimError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    grid = lens.psf_grid(ny, nx)
+    x, y = grid.x.ravel(), grid.y.ravel()
+    strehl = lens.strehl(x, y).reshape(ny, nx)
+    fwhm = lens.fwhm_px(x, y).reshape(ny, nx)
+    npz = out / "psf_grid.npz"
+    with atomic_file(npz) as tmp:
+        np.savez(tmp, psfs=grid.psfs, x=grid.x, y=grid.y, rows=grid.rows, cols=grid.cols, strehl=strehl, fwhm_px=fwhm)
+    return {
+        "grid": npz,
+        "montage": psf_montage(grid, out / "psf_montage.png", log=log, title=lens.name),
+        "strehl": field_map(strehl, grid, out / "strehl_map.png", label="Strehl ratio", title=f"{lens.name}: Strehl ratio"),
+        "fwhm": field_map(fwhm, grid, out / "fwhm_map.png", label="FWHM (px)", title=f"{lens.name}: equivalent-area FWHM", cmap="magma"),
+    }
+
+
+@dataclass(frozen=True)
+class BaselineScore:
+    """Mean scores of one stored image against ``sharp`` (data range 1, the store's normalisation)."""
+
+    psnr_db: float
+    ssim: float
+
+
+def baseline_scores(reader, indices) -> dict[str, BaselineScore]:
+    """Mean PSNR / SSIM of ``blurred``, ``wiener``, ``wiener_sv`` against ``sharp`` on ``indices``.
+
+    Parameters
+    ----------
+    reader : DatasetReader or path
+    indices : sequence of int
+    """
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from .dataset import DatasetReader
+
+    if not isinstance(reader, DatasetReader):
+        reader = DatasetReader(reader)
+    names = ("blurred", "wiener", "wiener_sv")
+    b = reader.read(np.asarray(sorted(int(i) for i in indices), np.int64), arrays=("sharp",) + names)
+    res = {}
+    for k in names:
+        arr = getattr(b, k)
+        p = np.mean([peak_signal_noise_ratio(s, x, data_range=1.0) for s, x in zip(b.sharp, arr)])
+        s = np.mean([structural_similarity(s, x, data_range=1.0) for s, x in zip(b.sharp, arr)])
+        res[k] = BaselineScore(psnr_db=float(p), ssim=float(s))
+    return res
+
+
+def dataset_summary(path: str | os.PathLike, *, max_eval: int = 200) -> str:
+    """Text summary of a dataset (``psfsim info DATA.zarr``): lens, sizes, splits, noise, completeness, baselines.
+
+    An incomplete store is refused (:class:`~psfsim.PsfsimError` with the command that finishes it).
+    """
+    from .dataset import DatasetReader
+
+    r = DatasetReader(path)
+    a, spec = r.attrs, r.spec
+    h, w = r.size
+    splits = r.splits
+    lines = [
+        f"dataset         {path}",
+        f"complete        yes ({a['n_blocks']} blocks of {a['block']} samples)",
+        f"lens            {a['lens_name']}",
+        f"samples         {len(r)} x {h} x {w} float32, origins {spec.origins}, source {spec.source!r}",
+        "splits          " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+        f"noise           photons {spec.photons}, read noise {spec.read_noise}, seed {spec.seed}",
+        f"normalisation   {r.normalisation.kind} (margin {r.normalisation.margin_px} px), sharp in "
+        f"[{r.normalisation.vmin:g}, {r.normalisation.vmax:g}]",
+        f"operator        rank {a['operator']['rank']}, grid {a['operator']['grid'][0]}x{a['operator']['grid'][1]}",
+        f"created         {a['created']} by psfsim {a['psfsim_version']}",
+    ]
+    test = splits.get("test", np.array([], np.int64))
+    which = "test split" if test.size else "all samples (empty test split)"
+    idx = (test if test.size else np.arange(len(r)))[:max_eval]
+    for k, sc in baseline_scores(r, idx).items():
+        lines.append(f"{k:15s} PSNR {sc.psnr_db:6.2f} dB  SSIM {sc.ssim:.3f}  ({which}, {len(idx)} samples)")
+    return "\n".join(lines)
