@@ -24,7 +24,10 @@ __all__ = ["field_coords", "field_coords_batch", "field_coords_torch", "check_wi
 
 
 def _geometry(lens_or_field):
-    return getattr(lens_or_field, "field", lens_or_field)
+    g = getattr(lens_or_field, "field", lens_or_field)
+    if not (hasattr(g, "shape_px") and hasattr(g, "pixel_to_field")):
+        raise PsfsimError(f"{lens_or_field!r}: expected a Lens or its FieldGeometry")
+    return g
 
 
 def check_window(lens_or_field, *, origin, shape, allow_outside: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:

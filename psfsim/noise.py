@@ -32,9 +32,13 @@ class NoiseModel:
     read_noise: float = 0.0
 
     def __post_init__(self):
-        if self.photons is not None and not (np.isfinite(self.photons) and self.photons > 0):
-            raise PsfsimError(f"photons = {self.photons!r}: expected a number > 0")
-        if not (np.isfinite(self.read_noise) and self.read_noise >= 0):
+        def number(v):
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+
+        # Poisson draws need photons * value well inside int64 (numpy refuses lam > ~9e18)
+        if self.photons is not None and not (number(self.photons) and 0 < self.photons <= 1e15):
+            raise PsfsimError(f"photons = {self.photons!r}: expected a number > 0 and <= 1e15 (electrons at value 1.0)")
+        if not (number(self.read_noise) and self.read_noise >= 0):
             raise PsfsimError(f"read_noise = {self.read_noise!r}: expected a number >= 0")
 
     @property
@@ -42,9 +46,21 @@ class NoiseModel:
         return self.photons is None and self.read_noise == 0
 
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Noisy copy of ``image`` (float32 in, float32 out; negative means are treated as 0 photons)."""
-        image = np.asarray(image)
-        out_dtype = np.result_type(image.dtype, np.float32)
+        """Noisy copy of ``image`` ``(H, W)`` or ``(B, H, W)`` in [0, ~1] (negative means are treated as 0 photons).
+
+        Output dtype by :func:`psfsim.operators.result_dtype`. Non-finite pixels and values beyond 1e3 (the
+        Poisson mean ``photons * value`` must stay a count) are refused.
+        """
+        from .checks import checked_image
+        from .operators.lowrank import result_dtype
+
+        if not isinstance(rng, np.random.Generator):
+            raise PsfsimError(f"rng = {rng!r}: expected a numpy.random.Generator (np.random.default_rng(seed))")
+        out_dtype = result_dtype(image)
+        image, _ = checked_image(image, "image", work_dtype=np.float64)
+        if self.photons is not None and float(np.max(image)) * self.photons > 1e18:
+            raise PsfsimError(f"image: values up to {float(np.max(image)):.3g} times photons = {self.photons:g} exceed "
+                              "the Poisson sampler's range (1e18 electrons); normalise the image to about [0, 1]")
         if self.is_noiseless:
             return image.astype(out_dtype, copy=True)
         if self.photons is None:

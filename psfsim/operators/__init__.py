@@ -46,6 +46,15 @@ def lowrank_basis(lens, *, rank: int | None = None, tol: float = DEFAULT_TOL, gr
     Cached by the lens's canonical description (:attr:`psfsim.Lens.fingerprint`), not its identity: two loads
     of one lens file, an unpickled lens or a worker's copy share one basis. The cache holds the last 8.
     """
+    from ..checks import as_lens
+
+    lens = as_lens(lens)
+    try:
+        ok = 0 < float(tol) < 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PsfsimError(f"tol = {tol!r}: expected a relative error 0 < tol < 1")
     key = _basis_key(lens, rank, tol, grid)
     with _BASIS_LOCK:
         hit = _BASIS_CACHE.get(key)
@@ -86,7 +95,7 @@ def make_operator(lens, *, shape=None, origin=(0, 0), method: str = "fast", rank
     from ..checks import as_lens
 
     lens = as_lens(lens)
-    shape = tuple(lens.field.shape_px) if shape is None else tuple(shape)
+    shape = tuple(lens.field.shape_px) if shape is None else shape
     if method == "exact":
         return ExactOperator(lens, shape=shape, origin=origin, allow_outside=allow_outside)
     if method != "fast":

@@ -203,10 +203,18 @@ class LowRankBasis:
         grid : (ny, nx), optional
             Grid nodes over the frame; default: refined until interpolation reaches ``tol / 2``.
         """
-        if not 0 < tol < 1:
-            raise PsfsimError(f"tol = {tol!r}: expected 0 < tol < 1")
-        if rank is not None and (int(rank) != rank or rank < 1):
-            raise PsfsimError(f"rank = {rank!r}: expected a whole number >= 1")
+        try:
+            tol_ok = 0 < float(tol) < 1
+        except (TypeError, ValueError):
+            tol_ok = False
+        if not tol_ok:
+            raise PsfsimError(f"tol = {tol!r}: expected a relative error 0 < tol < 1")
+        if rank is not None:
+            try:
+                if isinstance(rank, bool) or int(rank) != rank or rank < 1:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise PsfsimError(f"rank = {rank!r}: expected a whole number >= 1") from None
         from ..field import grid_positions
 
         H, W = lens.field.shape_px

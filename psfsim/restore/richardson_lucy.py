@@ -59,6 +59,8 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
         raise PsfsimError(f"iters = {iters!r}: expected a whole number >= 1") from None
     if tol is not None and not (np.isfinite(tol) and tol > 0):
         raise PsfsimError(f"tol = {tol!r}: expected a number > 0 (or None: run all iterations)")
+    if not (callable(op) and callable(getattr(op, "adjoint", None))):
+        raise PsfsimError(f"op = {op!r}: expected a blur operator with op(x) and op.adjoint(y) (psfsim.make_operator)")
     odt = result_dtype(image)
     image, mask = checked_image(image, nan_policy=nan_policy, ndims=(2,))
     if tuple(image.shape) != tuple(getattr(op, "shape", image.shape)):
