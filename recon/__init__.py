@@ -1,10 +1,22 @@
-"""recon: PyTorch models and training for spatially-varying deblurring (CoordGate and baselines).
+"""recon: PyTorch models for spatially-varying deblurring, field-aware from the first line.
 
-This package is built on ``psfsim`` (it may import psfsim, never the other way round). Its models and
-trainer arrive with the recon issues; today it provides the command-line entry point and an environment
-report (``recon env``).
+Every position-aware model is called as ``model(x, coords)``: ``x (B, C, H, W)`` and ``coords (B, 2, H, W)``,
+the field coordinates of x's pixels from psfsim (a crop, a training sample or a tile: the same call).
+
+>>> import recon, psfsim
+>>> lens = psfsim.load_lens("microscope")
+>>> model = recon.build_model("cgunet", depth=3)
+>>> coords = recon.batch_coords(lens, origins=[(0, 0), (512, 256)], shape=(128, 128))   # (2, 2, 128, 128)
+>>> y = model(x, coords)
+
+Built on psfsim (it may import psfsim, never the other way round).
 """
 
 from psfsim._version import __version__
 
-__all__ = ["__version__"]
+from .coords import batch_coords, coords_1d, frame_coords, pool_coords
+from .errors import ReconError
+from .models import build_model, model_names, model_table
+
+__all__ = ["__version__", "ReconError", "batch_coords", "frame_coords", "coords_1d", "pool_coords", "build_model",
+           "model_names", "model_table"]
