@@ -37,7 +37,9 @@ _BASIS_CACHE_SIZE = 8
 
 
 def _basis_key(lens, rank, tol, grid):
-    return (lens.fingerprint, None if rank is None else int(rank), float(tol), None if grid is None else tuple(grid))
+    """Cache key from already validated arguments (LowRankBasis.build validates them first)."""
+    return (lens.fingerprint, None if rank is None else int(rank), float(tol),
+            None if grid is None else tuple(int(g) for g in grid))
 
 
 def lowrank_basis(lens, *, rank: int | None = None, tol: float = DEFAULT_TOL, grid=None) -> LowRankBasis:
@@ -47,28 +49,25 @@ def lowrank_basis(lens, *, rank: int | None = None, tol: float = DEFAULT_TOL, gr
     of one lens file, an unpickled lens or a worker's copy share one basis. The cache holds the last 8.
     """
     from ..checks import as_lens
+    from .lowrank import check_build_args
 
     lens = as_lens(lens)
-    try:
-        ok = 0 < float(tol) < 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise PsfsimError(f"tol = {tol!r}: expected a relative error 0 < tol < 1")
+    rank, tol, grid = check_build_args(rank, tol, grid)
     key = _basis_key(lens, rank, tol, grid)
     with _BASIS_LOCK:
         hit = _BASIS_CACHE.get(key)
         if hit is not None:
             _BASIS_CACHE.move_to_end(key)
             return hit
-    basis = LowRankBasis.build(lens, rank=rank, tol=tol, grid=grid)
-    return cache_basis(basis, rank=rank, tol=tol, grid=grid)
+    return cache_basis(LowRankBasis.build(lens, rank=rank, tol=tol, grid=grid))
 
 
-def cache_basis(basis: LowRankBasis, *, rank: int | None = None, tol: float = DEFAULT_TOL, grid=None) -> LowRankBasis:
-    """Put a basis (e.g. one read with :meth:`LowRankBasis.load`) in the cache under the arguments it was built
-    with, so :func:`lowrank_basis` and :func:`make_operator` in this process use it instead of rebuilding."""
-    key = _basis_key(basis.lens, rank, tol, grid)
+def cache_basis(basis: LowRankBasis) -> LowRankBasis:
+    """Put a basis in this process's cache under the arguments it was built with (``basis.built_with``), so
+    :func:`lowrank_basis` and :func:`make_operator` with those arguments use it instead of rebuilding.
+    :meth:`LowRankBasis.load` calls it. Returns the cached basis (an equal one already there wins)."""
+    b = basis.built_with
+    key = _basis_key(basis.lens, b.get("rank"), b.get("tol", DEFAULT_TOL), b.get("grid"))
     with _BASIS_LOCK:
         basis = _BASIS_CACHE.setdefault(key, basis)
         _BASIS_CACHE.move_to_end(key)

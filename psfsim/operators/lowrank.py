@@ -76,6 +76,32 @@ def _grid_nodes(lens, spacing: float) -> tuple[np.ndarray, np.ndarray]:
     return grid_positions(ny, H), grid_positions(nx, W)
 
 
+def check_build_args(rank, tol, grid):
+    """Validate the low-rank build arguments; return ``(rank or None, tol float, grid tuple or None)``."""
+    try:
+        tol_ok = 0 < float(tol) < 1
+    except (TypeError, ValueError):
+        tol_ok = False
+    if not tol_ok:
+        raise PsfsimError(f"tol = {tol!r}: expected a relative error 0 < tol < 1")
+    if rank is not None:
+        try:
+            if isinstance(rank, bool) or int(rank) != rank or rank < 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise PsfsimError(f"rank = {rank!r}: expected a whole number >= 1") from None
+        rank = int(rank)
+    if grid is not None:
+        try:
+            ny, nx = (int(g) for g in grid)
+            if (ny, nx) != tuple(grid) or ny < 1 or nx < 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise PsfsimError(f"grid = {grid!r}: expected two whole numbers >= 1") from None
+        grid = (ny, nx)
+    return rank, float(tol), grid
+
+
 class KernelCache:
     """Thread-safe LRU cache of transforms (arrays or tuples of arrays), bounded in bytes (one per basis for
     the eigen-PSF transforms; one for Wiener's transfer functions).
@@ -165,6 +191,8 @@ class LowRankBasis:
     singular_values: np.ndarray
     interp_error: float
     rank_error: float
+    #: the arguments it was built with: ``{"rank": int | None, "tol": float, "grid": [ny, nx] | None}``
+    built_with: dict = field(default_factory=lambda: {"rank": None, "tol": DEFAULT_TOL, "grid": None})
     _full: dict = field(default_factory=dict, repr=False)
     _kft: KernelCache = field(default_factory=KernelCache, repr=False)
 
@@ -203,31 +231,13 @@ class LowRankBasis:
         grid : (ny, nx), optional
             Grid nodes over the frame; default: refined until interpolation reaches ``tol / 2``.
         """
-        try:
-            tol_ok = 0 < float(tol) < 1
-        except (TypeError, ValueError):
-            tol_ok = False
-        if not tol_ok:
-            raise PsfsimError(f"tol = {tol!r}: expected a relative error 0 < tol < 1")
-        if rank is not None:
-            try:
-                if isinstance(rank, bool) or int(rank) != rank or rank < 1:
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise PsfsimError(f"rank = {rank!r}: expected a whole number >= 1") from None
+        rank, tol, grid = check_build_args(rank, tol, grid)
         from ..field import grid_positions
 
         H, W = lens.field.shape_px
         k = lens.psf_sampling.size_px
         if grid is not None:
-            try:
-                ny, nx = (int(g) for g in grid)
-                if (ny, nx) != tuple(grid):
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise PsfsimError(f"grid = {grid!r}: expected two whole numbers >= 1") from None
-            if ny < 1 or nx < 1:
-                raise PsfsimError(f"grid = {grid!r}: expected two whole numbers >= 1")
+            ny, nx = grid
             rows, cols = grid_positions(ny, H), grid_positions(nx, W)
             P = _psfs_at(lens, rows, cols)
             interp_err = _interp_error(lens, rows, cols, P)
@@ -266,6 +276,8 @@ class LowRankBasis:
             singular_values=s,
             interp_error=float(interp_err),
             rank_error=rank_err,
+            built_with={"rank": None if rank is None else int(rank), "tol": float(tol),
+                        "grid": None if grid is None else [int(g) for g in grid]},
             _full=dict(U=U, s=s, Vt=Vt),
         )
 
@@ -287,6 +299,7 @@ class LowRankBasis:
             eigen_psfs=Vt[:K].reshape(K, k, k),
             coeffs=(U[:, :K] * s[:K]).reshape(len(self.rows), len(self.cols), K),
             rank_error=float(_rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max()),
+            built_with={**self.built_with, "rank": K},
             _kft=KernelCache(self._kft.max_bytes),  # kernel transforms belong to one rank
         )
 
@@ -337,7 +350,7 @@ class LowRankBasis:
             raise PsfsimError(f"{path}: a basis is saved as .npz")
         meta = {"format": _SAVE_FORMAT, "lens": self.lens.to_dict(), "fingerprint": self.lens.fingerprint,
                 "rank": self.rank, "interp_error": self.interp_error, "rank_error": self.rank_error,
-                "psfsim_version": __version__}
+                "built_with": self.built_with, "psfsim_version": __version__}
         with atomic_file(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(meta)), rows=self.rows, cols=self.cols,
@@ -345,9 +358,14 @@ class LowRankBasis:
         return path
 
     @classmethod
-    def load(cls, path, lens=None) -> "LowRankBasis":
+    def load(cls, path, lens=None, *, register: bool = True) -> "LowRankBasis":
         """Read a basis written by :meth:`save`. With ``lens``, refuse a file made for another lens; without,
-        rebuild the lens from the stored description (no box check: it passed when the basis was built)."""
+        rebuild the lens from the stored description (no box check: it passed when the basis was built).
+
+        With ``register`` (default) the basis enters this process's cache under the arguments it was built
+        with, so ``make_operator(lens, ...)`` / ``lowrank_basis(lens, ...)`` with those arguments use it instead
+        of rebuilding: load it once in each worker (a Dask worker plugin, a DataLoader ``worker_init_fn``).
+        """
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -372,9 +390,15 @@ class LowRankBasis:
         K = int(meta["rank"])
         k = lens.psf_sampling.size_px
         ny, nx = len(arrs["rows"]), len(arrs["cols"])
-        return cls(lens=lens, eigen_psfs=Vt[:K].reshape(K, k, k), coeffs=(U[:, :K] * s[:K]).reshape(ny, nx, K),
-                   rows=arrs["rows"], cols=arrs["cols"], singular_values=s, interp_error=float(meta["interp_error"]),
-                   rank_error=float(meta["rank_error"]), _full=dict(U=U, s=s, Vt=Vt))
+        built = meta.get("built_with") or {"rank": K, "tol": DEFAULT_TOL, "grid": [ny, nx]}
+        basis = cls(lens=lens, eigen_psfs=Vt[:K].reshape(K, k, k), coeffs=(U[:, :K] * s[:K]).reshape(ny, nx, K),
+                    rows=arrs["rows"], cols=arrs["cols"], singular_values=s, interp_error=float(meta["interp_error"]),
+                    rank_error=float(meta["rank_error"]), built_with=built, _full=dict(U=U, s=s, Vt=Vt))
+        if register:
+            from . import cache_basis
+
+            basis = cache_basis(basis)
+        return basis
 
 
 def _interp_error(lens, rows, cols, P) -> float:
@@ -437,6 +461,20 @@ class LowRankOperator:
     def rank(self) -> int:
         return self.basis.rank
 
+    def __getstate__(self):  # for process pools / Dask: the FFT backend by name, maps recomputed on arrival
+        d = dict(self.__dict__)
+        d["fft"] = (self.fft.name, self.fft.workers)
+        d["_dense"] = None
+        return d
+
+    def __setstate__(self, d):
+        name, workers = d["fft"]
+        d = {**d, "fft": get_backend(name, workers)}
+        self.__dict__.update(d)
+        H, W = self.shape
+        if self.basis.rank * H * W * self.dtype.itemsize <= _DENSE_MAPS_BYTES:
+            self._dense = self.basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype)
+
     def maps(self, ks: slice = slice(None)) -> np.ndarray:
         """Coefficient maps ``(K', H, W)`` of eigen-PSFs ``ks``: kept dense for small windows, computed per
         chunk from the separable spline factors for large ones (a 2048 x 4096 telescope frame would need
@@ -457,11 +495,12 @@ class LowRankOperator:
                                                                s=self.pad_shape).astype(self.cdtype, copy=False))
 
     def _k_chunks(self, batch: int):
-        """Slices of eigen-PSFs whose coefficient maps are made at once (dense windows: one chunk)."""
+        """Slices of eigen-PSFs whose coefficient maps ``(K', H, W)`` are made at once: one chunk for dense
+        windows, else as many maps as fit in ``_FFT_CHUNK_BYTES`` (``batch`` is unused: kept for callers)."""
         if self._dense is not None:
             return [slice(0, self.rank)]
         H, W = self.shape
-        per = batch * H * W * self.dtype.itemsize
+        per = H * W * self.dtype.itemsize
         step = max(1, int(_FFT_CHUNK_BYTES // max(per, 1)))
         K = self.rank
         return [slice(i, min(i + step, K)) for i in range(0, K, step)]

@@ -52,17 +52,31 @@ class LowRankBlur(torch.nn.Module):
         self.register_buffer("row_coefs", torch.as_tensor(row_coefs, **f64))
         self.register_buffer("col_breaks", torch.as_tensor(col_breaks, **f64))
         self.register_buffer("col_coefs", torch.as_tensor(col_coefs, **f64))
+        #: ``(H, W)`` of the lens field for the window check (zeros: unknown, no check) and the lens's
+        #: fingerprint (32 bytes; zeros: unknown): buffers, so a state_dict carries them and a state_dict of
+        #: another lens is refused by a module built for this one
+        self.register_buffer("field_shape", torch.zeros(2, dtype=torch.int64))
+        self.register_buffer("lens_fingerprint", torch.zeros(32, dtype=torch.uint8))
         self._kft: OrderedDict = OrderedDict()
-        #: ``(H, W)`` of the lens field, for the window check (set by :meth:`from_basis`)
-        self.field_shape = None
 
     @classmethod
     def from_basis(cls, basis) -> "LowRankBlur":
         """The module of a :class:`~.lowrank.LowRankBasis` (float64 buffers on the CPU; ``.to(device)`` moves them)."""
         m = cls(basis.eigen_psfs, basis.coeffs, basis.row_axis.breaks, basis.row_axis.coefs, basis.col_axis.breaks,
                 basis.col_axis.coefs)
-        m.field_shape = tuple(int(v) for v in basis.lens.field.shape_px)
+        m.field_shape.copy_(torch.tensor([int(v) for v in basis.lens.field.shape_px]))
+        m.lens_fingerprint.copy_(torch.tensor(list(bytes.fromhex(basis.lens.fingerprint)), dtype=torch.uint8))
         return m
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        theirs = state_dict.get(prefix + "lens_fingerprint")
+        if theirs is not None and bool(self.lens_fingerprint.any()) and bool(theirs.any()) \
+                and not torch.equal(theirs.cpu(), self.lens_fingerprint.cpu()):
+            from ..errors import PsfsimError
+
+            raise PsfsimError(f"state_dict of the blur of lens {bytes(theirs.tolist()).hex()[:12]} loaded into the blur "
+                              f"of lens {bytes(self.lens_fingerprint.tolist()).hex()[:12]}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def rank(self) -> int:
@@ -115,23 +129,29 @@ class LowRankBlur(torch.nn.Module):
         return torch.einsum("nkhb,nwb->nkhw", T, Wc)
 
     def _check(self, x: torch.Tensor, origins, allow_outside: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shape/dtype/window checks; returns ``x`` in its computation dtype (the dtype rule: float32 and float64
+        kept, float16 / bfloat16 / integers computed and returned in float32) and the origins."""
+        from ..errors import PsfsimError
+
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise ValueError(f"expected x of shape (B, C, H, W), got {tuple(getattr(x, 'shape', ()))}")
-        if not torch.is_floating_point(x):
-            raise TypeError(f"expected a floating-point tensor, got {x.dtype}")
+            raise PsfsimError(f"x of shape {tuple(getattr(x, 'shape', ()))}: expected (B, C, H, W)")
+        if x.is_complex():
+            raise PsfsimError(f"x of dtype {x.dtype}: expected a real tensor")
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
         o = torch.as_tensor(origins)
         if o.shape != (x.shape[0], 2):
-            raise ValueError(f"origins of shape {tuple(o.shape)}: expected ({x.shape[0]}, 2), one (row, col) per sample")
+            raise PsfsimError(f"origins of shape {tuple(o.shape)}: expected ({x.shape[0]}, 2), one (row, col) per sample")
         if torch.is_floating_point(o) and not torch.equal(o, o.round()):
-            raise ValueError("origins: expected whole pixel positions (row, col)")
-        shape = getattr(self, "field_shape", None)
+            raise PsfsimError("origins: expected whole pixel positions (row, col)")
+        shape = tuple(int(v) for v in self.field_shape.tolist()) if bool(self.field_shape.all()) else None
         if not allow_outside and shape is not None and len(o):
             H, W = x.shape[-2:]
             lo = o.min(dim=0).values
             hi = o.max(dim=0).values
             if int(lo[0]) < 0 or int(lo[1]) < 0 or int(hi[0]) + H > shape[0] or int(hi[1]) + W > shape[1]:
                 bad = ((o[:, 0] < 0) | (o[:, 1] < 0) | (o[:, 0] + H > shape[0]) | (o[:, 1] + W > shape[1])).nonzero()[0, 0]
-                raise ValueError(f"window of shape {(H, W)} at origin {tuple(int(v) for v in o[bad])} (sample "
+                raise PsfsimError(f"window of shape {(H, W)} at origin {tuple(int(v) for v in o[bad])} (sample "
                                  f"{int(bad)}) does not fit in the lens field of shape {shape} (pass allow_outside=True "
                                  "for windows with a margin past the frame)")
         return x, o
@@ -149,6 +169,8 @@ class LowRankBlur(torch.nn.Module):
         """
         x, o = self._check(x, origins, allow_outside)
         B, C, H, W = x.shape
+        if B == 0 or C == 0:
+            return x.new_zeros(x.shape)
         pad = self.pad_shape((H, W))
         kf = self._kernel_ft(pad, x)
         c = self.k // 2
@@ -164,6 +186,8 @@ class LowRankBlur(torch.nn.Module):
         """Adjoint ``A^T y`` of :meth:`forward` for ``y (B, C, H, W)`` at ``origins (B, 2)``."""
         y, o = self._check(y, origins, allow_outside)
         B, C, H, W = y.shape
+        if B == 0 or C == 0:
+            return y.new_zeros(y.shape)
         pad = self.pad_shape((H, W))
         kf = self._kernel_ft(pad, y)
         c = self.k // 2
@@ -187,7 +211,7 @@ class WindowBlur(torch.nn.Module):
         self.blur = LowRankBlur.from_basis(op.basis)
         self.shape = tuple(op.shape)
         self.register_buffer("origin", torch.tensor(op.origin, dtype=torch.int64))
-        self.blur.field_shape = None  # the numpy operator checked (or explicitly allowed) its window
+        self.blur.field_shape.zero_()  # the numpy operator checked (or explicitly allowed) its window
 
     @property
     def rank(self) -> int:
@@ -195,7 +219,9 @@ class WindowBlur(torch.nn.Module):
 
     def _call(self, fn, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != torch.Size(self.shape):
-            raise ValueError(f"expected (..., {self.shape[0]}, {self.shape[1]}), got {tuple(x.shape)}")
+            from ..errors import PsfsimError
+
+            raise PsfsimError(f"expected (..., {self.shape[0]}, {self.shape[1]}), got {tuple(x.shape)}")
         lead = x.shape[:-2]
         xb = x.reshape(-1, 1, *self.shape)
         out = fn(xb, self.origin.expand(xb.shape[0], 2))

@@ -22,7 +22,9 @@ def reference_psf(lens, *, origin, shape, which: str = "axis"):
         x, y = lens.field.pixel_to_field(r0 + (h - 1) / 2, c0 + (w - 1) / 2)
         return lens.psf(float(x), float(y))
     if which == "mean":
-        rr, cc = np.meshgrid(np.linspace(r0, r0 + h - 1, 5), np.linspace(c0, c0 + w - 1, 5), indexing="ij")
+        from ..field import grid_positions
+
+        rr, cc = np.meshgrid(r0 + grid_positions(5, h), c0 + grid_positions(5, w), indexing="ij")
         x, y = lens.field.pixel_to_field(rr, cc)
         p = lens.psfs(x.ravel(), y.ravel()).mean(axis=0)
         return p / p.sum()

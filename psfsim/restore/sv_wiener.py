@@ -92,19 +92,17 @@ def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balanc
         raise PsfsimError(f"patch = {patch!r}: expected an even number >= 8")
     patch = int(patch)
     origin, _ = check_window(lens, origin=origin, shape=image.shape[-2:])
-    if image.ndim == 3:
-        return np.stack([sv_wiener(im, lens, origin=origin, patch=patch, balance=balance, noise_sigma=noise_sigma,
-                                   reg=reg, backend=backend, workers=workers, psf_at=psf_at) for im in image]).astype(dtype, copy=False)
-    img = image.astype(dtype, copy=False)
-    H, W = img.shape
+    single = image.ndim == 2
+    imgs = (image[None] if single else image).astype(dtype, copy=False)
+    B, H, W = imgs.shape
     ph, pw = min(patch, H), min(patch, W)
     k = lens.psf_sampling.size_px
     m = k  # context margin
     fft = get_backend(backend, workers)
-    padded = np.pad(img, m, mode="symmetric")
+    padded = np.pad(imgs, ((0, 0), (m, m), (m, m)), mode="symmetric")
     rs, cs = patch_starts(H, ph), patch_starts(W, pw)
     starts = [(r, c) for r in rs for c in cs]
-    # PSF at each patch centre (field point of the centre pixel in the full frame)
+    # PSF at each patch centre (field point of the centre pixel in the full frame): once for the whole batch
     rows = np.array([origin[0] + r + (ph - 1) / 2 for r, _ in starts])
     cols = np.array([origin[1] + c + (pw - 1) / 2 for _, c in starts])
     if psf_at is None:
@@ -112,7 +110,7 @@ def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balanc
         psfs = lens.psfs(x, y).astype(dtype)
     else:
         psfs = np.asarray(psf_at(rows, cols), dtype)
-    bal = resolve_balance(img, balance, noise_sigma, reg)
+    bals = [resolve_balance(im, balance, noise_sigma, reg) for im in imgs]  # one balance per image
     shape = (fft.next_fast_len(ph + 2 * m, True), fft.next_fast_len(pw + 2 * m, True))
     R = regulariser_tf2(reg, shape, dtype)
     # taper of the context margin (raised cosine from the core edge to the tile edge)
@@ -123,22 +121,26 @@ def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balanc
         t[2 * m + n_core :] = 0.0
         return t
     win = (taper(ph, shape[0])[:, None] * taper(pw, shape[1])[None, :]).astype(dtype)
-    out = np.zeros((H, W), np.float64)
+    out = np.zeros((B, H, W), np.float64)
     wsum = np.zeros((H, W), np.float64)
     per = shape[0] * (shape[1] // 2 + 1) * 8 * 3
     step = max(1, int(_BATCH_BYTES // per))
     for i0 in range(0, len(starts), step):
         chunk = starts[i0 : i0 + step]
-        tiles = np.zeros((len(chunk),) + shape, dtype)
+        Hf = psf_tf(psfs[i0 : i0 + len(chunk)], shape, fft)  # the patches' transfer functions: once per batch
+        weights = [blend_weights_1d(r, ph, H)[:, None] * blend_weights_1d(c, pw, W)[None, :] for r, c in chunk]
         for j, (r, c) in enumerate(chunk):
-            tiles[j, : ph + 2 * m, : pw + 2 * m] = padded[r : r + ph + 2 * m, c : c + pw + 2 * m]
-        mean = tiles[:, m : m + ph, m : m + pw].mean(axis=(1, 2), keepdims=True)
-        tiles = mean + (tiles - mean) * win
-        Hf = psf_tf(psfs[i0 : i0 + len(chunk)], shape, fft)
-        G = wiener_filter(Hf, bal, R)
-        res = fft.irfft2(fft.rfft2(tiles) * G, s=shape)[:, m : m + ph, m : m + pw]
-        for j, (r, c) in enumerate(chunk):
-            w = blend_weights_1d(r, ph, H)[:, None] * blend_weights_1d(c, pw, W)[None, :]
-            out[r : r + ph, c : c + pw] += w * res[j]
-            wsum[r : r + ph, c : c + pw] += w
-    return check_result((out / wsum).astype(dtype), "sv_wiener")
+            wsum[r : r + ph, c : c + pw] += weights[j]
+        for b in range(B):
+            tiles = np.zeros((len(chunk),) + shape, dtype)
+            for j, (r, c) in enumerate(chunk):
+                tiles[j, : ph + 2 * m, : pw + 2 * m] = padded[b, r : r + ph + 2 * m, c : c + pw + 2 * m]
+            mean = tiles[:, m : m + ph, m : m + pw].mean(axis=(1, 2), keepdims=True)
+            tiles = mean + (tiles - mean) * win
+            G = wiener_filter(Hf, bals[b], R)
+            res = fft.irfft2(fft.rfft2(tiles) * G, s=shape)[:, m : m + ph, m : m + pw]
+            for j, (r, c) in enumerate(chunk):
+                out[b, r : r + ph, c : c + pw] += weights[j] * res[j]
+    out = (out / wsum).astype(dtype)
+    return check_result(out[0] if single else out, "sv_wiener")
+

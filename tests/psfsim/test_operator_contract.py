@@ -52,14 +52,15 @@ def _torch_batch(lens):
             lambda y: m.adjoint(torch.from_numpy(y)[:, None], o(len(y)))[:, 0].numpy())
 
 
-#: name -> (factory lens -> (forward, adjoint), tolerance vs the exact operator: the basis's 1 % target).
+#: name -> (factory lens -> (forward, adjoint), tolerance vs the exact operator: measured 8e-5 forward and
+#: 1.1e-4 adjoint for the fast ones on this window (the basis targets 1 %), so 3e-4).
 #: Each operator sees the same window of the same lens, so the exact operator is built once (480 PSFs).
 OPERATORS = {
     "exact": (None, 1e-12),  # the reference itself: the contract only
-    "fast-numpy": (lambda lens: _numpy(make_operator(lens, shape=SHAPE, origin=ORIGIN, dtype=np.float64)), 0.01),
-    "fast-numpy-1-thread": (lambda lens: _numpy(make_operator(lens, shape=SHAPE, origin=ORIGIN, dtype=np.float64, workers=1)), 0.01),
-    "fast-torch-window": (_torch_window, 0.01),
-    "fast-torch-batch": (_torch_batch, 0.01),
+    "fast-numpy": (lambda lens: _numpy(make_operator(lens, shape=SHAPE, origin=ORIGIN, dtype=np.float64)), 3e-4),
+    "fast-numpy-1-thread": (lambda lens: _numpy(make_operator(lens, shape=SHAPE, origin=ORIGIN, dtype=np.float64, workers=1)), 3e-4),
+    "fast-torch-window": (_torch_window, 3e-4),
+    "fast-torch-batch": (_torch_batch, 3e-4),
 }
 
 

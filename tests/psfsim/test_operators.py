@@ -70,7 +70,7 @@ def test_adjointness_numpy(microscope_small, exact_small):
     fast = make_operator(microscope_small, shape=(32, 32), origin=(0, 0), dtype=np.float64)
     relay = make_operator(psfsim.load_lens("relay"), shape=(40, 56), origin=(100, 900), dtype=np.float64)
     for op in (exact_small, fast, relay):
-        assert _adjoint_gap(op.forward, op.adjoint, op.shape, rng) < 1e-5
+        assert _adjoint_gap(op.forward, op.adjoint, op.shape, rng) < 1e-12  # measured ~1e-16 (float64)
     # batched (B, H, W) too
     x = rng.standard_normal((3, 32, 32))
     np.testing.assert_allclose(fast(x)[1], fast(x[1]), atol=1e-12)
@@ -84,7 +84,7 @@ def test_adjointness_and_gradients_torch(microscope_small):
     y = torch.from_numpy(rng.standard_normal((2, 1, 24, 20)))
     lhs = float((T(x) * y).sum())
     rhs = float((x * T.adjoint(y)).sum())
-    assert abs(lhs - rhs) / abs(lhs) < 1e-5
+    assert abs(lhs - rhs) / abs(lhs) < 1e-12  # measured ~1e-16 (float64)
     # autograd's gradient equals finite differences (torch.autograd.gradcheck, float64)
     xs = torch.from_numpy(rng.standard_normal((1, 1, 24, 20))).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: T(t).square().sum(), (xs,), eps=1e-6, atol=1e-6)
@@ -220,7 +220,8 @@ def test_torch_batch_blur_equals_numpy_at_every_origin(microscope_small):
     got = m(torch.from_numpy(small[:, None].copy()), torch.from_numpy(origins))[:, 0].numpy()
     for b, o in enumerate(origins):
         ref = ExactOperator(microscope_small, shape=(14, 12), origin=tuple(o))(small[b])
-        assert np.linalg.norm(got[b] - ref) / np.linalg.norm(ref) < 0.01, (o, b)
+        # measured <= 1.2e-4 at these origins (the basis targets 1 %; its own node error is 0.5 %)
+        assert np.linalg.norm(got[b] - ref) / np.linalg.norm(ref) < 5e-4, (o, b)
     out32 = m(torch.from_numpy(x).float(), torch.from_numpy(origins))
     assert out32.dtype == torch.float32
     np.testing.assert_allclose(out32.numpy(), out.numpy(), rtol=0, atol=2e-6 * float(x.max()))
@@ -229,10 +230,21 @@ def test_torch_batch_blur_equals_numpy_at_every_origin(microscope_small):
     assert m(torch.from_numpy(x[:1]), torch.tensor([[-3, 90]]), allow_outside=True).shape == (1, 2, 24, 20)
     # the module's state is its state_dict: a fresh module loaded from it gives the same numbers
     sd = m.state_dict()
-    assert set(sd) == {"eigen_psfs", "coeffs", "row_breaks", "row_coefs", "col_breaks", "col_coefs"}
-    m2 = type(m)(**{k: torch.zeros_like(v) for k, v in sd.items()})
+    parts = ("eigen_psfs", "coeffs", "row_breaks", "row_coefs", "col_breaks", "col_coefs")
+    assert set(sd) == set(parts) | {"field_shape", "lens_fingerprint"}
+    m2 = type(m)(**{k: torch.zeros_like(sd[k]) for k in parts})
     m2.load_state_dict(sd)
     torch.testing.assert_close(m2(torch.from_numpy(x), torch.from_numpy(origins)), out, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not fit"):  # the window check travels with the state_dict
+        m2(torch.from_numpy(x[:1]), torch.tensor([[500, 500]]))
+    other = torch_blur(psfsim.lens_from_dict({**microscope_small.to_dict(), "name": "other"}))
+    with pytest.raises(psfsim.PsfsimError, match="loaded into the blur of lens"):
+        other.load_state_dict(sd)
+    # the dtype rule: half, bfloat16 and integers computed and returned in float32; an empty batch is empty
+    for dt in (torch.float16, torch.bfloat16, torch.int32):
+        got = m(torch.from_numpy(x).to(dt), torch.from_numpy(origins))
+        assert got.dtype == torch.float32
+    assert m(torch.zeros(0, 1, 24, 20), torch.zeros(0, 2, dtype=torch.long)).shape == (0, 1, 24, 20)
 
 
 def test_coefficient_maps_chunked_equal_dense(microscope_small, monkeypatch):
@@ -278,8 +290,24 @@ def test_basis_is_cached_by_description_not_identity(microscope_small):
 def test_basis_save_load_round_trip(microscope_small, tmp_path):
     import pickle
 
+    import psfsim.operators as ops
+
     basis = lowrank_basis(microscope_small)
     path = basis.save(tmp_path / "basis.npz")
+    # a worker that loads it uses it: make_operator does not rebuild (the cache holds the loaded basis)
+    ops._BASIS_CACHE.clear()
+    loaded = LowRankBasis.load(path)
+    assert make_operator(psfsim.lens_from_dict(microscope_small.to_dict()), shape=(8, 8)).basis is loaded
+    assert loaded.built_with == {"rank": None, "tol": 0.01, "grid": None}
+    # a truncated basis registers under its own rank, never as the default one
+    ops.cache_basis(loaded.with_rank(1))
+    assert make_operator(microscope_small, shape=(8, 8)).rank == basis.rank
+    # and an operator pickles for a process pool (its FFT backend by name)
+    op = make_operator(microscope_small, shape=(20, 20), origin=(3, 4), workers=1)
+    op2 = pickle.loads(pickle.dumps(op))
+    xx = np.random.default_rng(12).random((20, 20), dtype=np.float32)
+    np.testing.assert_array_equal(op2(xx), op(xx))
+    assert op2.fft.workers == 1
     for loaded in (LowRankBasis.load(path), LowRankBasis.load(path, lens=microscope_small)):
         assert loaded.lens == microscope_small and loaded.rank == basis.rank
         np.testing.assert_array_equal(loaded.eigen_psfs, basis.eigen_psfs)
