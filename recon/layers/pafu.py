@@ -80,7 +80,9 @@ class PAFU(nn.Module):
 
     Attributes
     ----------
-    weight : Parameter ``(n, out, in, k, k)``; ``bias`` : Parameter ``(n, out)`` or None; ``scorer`` : nn.Sequential (None when ``n = 1``).
+    weight : Parameter ``(n * out, in, k, k)``: kernel ``j`` is ``weight[j * out : (j + 1) * out]`` (:meth:`kernel`),
+        stored 4-D as one convolution's weight (so ``model.to(memory_format=torch.channels_last)`` applies);
+    bias : Parameter ``(n * out,)`` or None; ``scorer`` : nn.Sequential (None when ``n = 1``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, n_kernels: int = 4, *,
@@ -94,8 +96,8 @@ class PAFU(nn.Module):
         self.scorer_kernel = _whole("scorer_kernel", scorer_kernel, 1, odd=True)
         self.tau = tau
         n, o, i, k = self.n_kernels, self.out_channels, self.in_channels, self.kernel_size
-        self.weight = nn.Parameter(torch.empty(n, o, i, k, k))
-        self.bias = nn.Parameter(torch.empty(n, o)) if bias else None
+        self.weight = nn.Parameter(torch.empty(n * o, i, k, k))
+        self.bias = nn.Parameter(torch.empty(n * o)) if bias else None
         # n = 1 has nothing to select: no scorer (a plain convolution)
         self.scorer = nn.Sequential(
             nn.Conv2d(i, self.scorer_hidden, self.scorer_kernel, padding=self.scorer_kernel // 2),
@@ -107,8 +109,9 @@ class PAFU(nn.Module):
     def reset_parameters(self) -> None:
         """Each kernel initialised as ``nn.Conv2d`` initialises its weight and bias."""
         fan_in = self.in_channels * self.kernel_size**2
+        o = self.out_channels
         for j in range(self.n_kernels):
-            nn.init.kaiming_uniform_(self.weight.data[j], a=math.sqrt(5))
+            nn.init.kaiming_uniform_(self.weight.data[j * o : (j + 1) * o], a=math.sqrt(5))
         if self.bias is not None:
             b = 1.0 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -b, b)
@@ -137,13 +140,15 @@ class PAFU(nn.Module):
             return x.new_zeros(x.shape[0], 1, *x.shape[2:])
         return self.scorer(x)
 
+    def kernel(self, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Kernel ``j``'s weight ``(out, in, k, k)`` and bias ``(out,)`` (or None)."""
+        o = self.out_channels
+        return self.weight[j * o : (j + 1) * o], None if self.bias is None else self.bias[j * o : (j + 1) * o]
+
     def responses(self, x: torch.Tensor) -> torch.Tensor:
         """All kernels' responses ``(B, n, out, H, W)`` from one convolution of ``n * out`` channels."""
-        n, o = self.n_kernels, self.out_channels
-        w = self.weight.reshape(n * o, self.in_channels, self.kernel_size, self.kernel_size)
-        b = self.bias.reshape(n * o) if self.bias is not None else None
-        r = F.conv2d(x, w, b, padding=self.kernel_size // 2)
-        return r.unflatten(1, (n, o))
+        r = F.conv2d(x, self.weight, self.bias, padding=self.kernel_size // 2)
+        return r.unflatten(1, (self.n_kernels, self.out_channels))
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Index ``(B, H, W)`` of the kernel each pixel uses at inference (argmax of the scores)."""
@@ -152,7 +157,7 @@ class PAFU(nn.Module):
     def decorrelation_loss(self) -> torch.Tensor:
         """``||W W^T - I||_F^2`` over the unit-normalised flattened kernels (``W``: ``n x out*in*k*k``; biases
         excluded). 0 for mutually orthogonal kernels, ``n (n - 1)`` for ``n`` identical (or parallel) ones."""
-        w = F.normalize(self.weight.flatten(1), dim=1, eps=1e-12)
+        w = F.normalize(self.weight.reshape(self.n_kernels, -1), dim=1, eps=1e-12)
         g = w @ w.t()
         eye = torch.eye(self.n_kernels, dtype=g.dtype, device=g.device)
         return (g - eye).square().sum()
