@@ -42,6 +42,7 @@ MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec("unet:UNet", {"variant": "plain"}, description="UNet(d), double 3x3 convs, channels doubling"),
     "cgunet": ModelSpec("unet:UNet", {"variant": "coordgate"}, description="CG-UNet(d): CoordGate at every level"),
     "coordconv_unet": ModelSpec("unet:UNet", {"variant": "coordconv"}, description="CoordConv-UNet(d)"),
+    "pafu_unet": ModelSpec("pafu_unet:PAFUUNet", description="PAFU-UNet(d): per-pixel kernel selection at the input conv"),
 }
 
 

@@ -69,12 +69,14 @@ class _Level(nn.Module):
         return self.body(x, coords)
 
 
-def unet_input_interval(depth: int, a: int, b: int) -> tuple[int, int]:
+def unet_input_interval(depth: int, a: int, b: int, *, input_reach: int = 1) -> tuple[int, int]:
     """Input pixels ``[lo, hi]`` (one axis) that the U-Net's output pixels ``a..b`` depend on.
 
     Backwards through the architecture: a 3 x 3 convolution widens an interval by 1 at its level, 2 x 2
     max-pooling maps level-(l+1) ``[a, b]`` to level-l ``[2a, 2b + 1]``, the stride-2 transposed convolution
     maps level-l ``[a, b]`` to level-(l+1) ``[a // 2, b // 2]``, and a skip concatenation is a union.
+    ``input_reach``: the one-sided reach of the network's input layer (the first conv of the first encoder
+    block, 1 for a 3 x 3 conv; a replacement such as PAFU may reach further).
     """
 
     def enc_in(level, a, b):  # the encoder block's input at `level` (level 0: the network input)
@@ -82,8 +84,9 @@ def unet_input_interval(depth: int, a: int, b: int) -> tuple[int, int]:
             return a, b
         return enc_out(level - 1, 2 * a, 2 * b + 1)
 
-    def enc_out(level, a, b):  # two 3x3 convs
-        return enc_in(level, a - 2, b + 2)
+    def enc_out(level, a, b):  # two 3x3 convs (at level 0 the first one reaches `input_reach`)
+        r = 1 + (input_reach if level == 0 else 1)
+        return enc_in(level, a - r, b + r)
 
     def dec_out(level, a, b):
         if level == depth:  # the bottleneck
@@ -126,6 +129,8 @@ class UNet(nn.Module):
     ``coords`` is required by the position-aware variants and ignored (may be None) by the plain U-Net.
     """
 
+    input_reach = 1  # one-sided reach of the input layer enc[0].body.c1 (a 3 x 3 conv); subclasses may change it
+
     def __init__(self, depth: int = 3, in_channels: int = 1, out_channels: int = 1, base_channels: int = 16, *,
                  variant: str = "plain", gate_layers: int = 2, gate: str = "mlp", fourier: int = 0,
                  gate_activation: str = "none"):
@@ -163,7 +168,7 @@ class UNet(nn.Module):
         reach = 0
         for r in range(2**d):
             j = base + r
-            lo, hi = unet_input_interval(d, j, j)
+            lo, hi = unet_input_interval(d, j, j, input_reach=self.input_reach)
             reach = max(reach, j - lo, hi - j)
         return reach
 
