@@ -1,6 +1,7 @@
-"""Layers: CoordGate (the core), CoordConv, and the baselines' special layers."""
+"""Layers: CoordGate (the core), CoordConv, and the baselines' special layers (MultiWiener)."""
 
 from .coordconv import CoordConv
 from .coordgate import GATE_ACTIVATIONS, GATES, CoordGate, GateMLP
+from .wiener import MultiWiener
 
-__all__ = ["CoordGate", "GateMLP", "CoordConv", "GATES", "GATE_ACTIVATIONS"]
+__all__ = ["CoordGate", "GateMLP", "CoordConv", "MultiWiener", "GATES", "GATE_ACTIVATIONS"]

@@ -1,8 +1,9 @@
 """Models, each called as ``model(x, coords)``: the 1-D CNN family, the U-Net family (plain, CoordGate,
-CoordConv) and the baselines; :func:`build_model` rebuilds any of them from a plain config."""
+CoordConv) and the baselines (MultiWienerNet); :func:`build_model` rebuilds any of them from a plain config."""
 
 from .cnn1d import CNN1d, CoordConvCNN1d, CoordGateCNN1d
+from .multiwienernet import MultiWienerNet
 from .registry import MODELS, build_model, model_names, model_table
 from .unet import UNet
 
-__all__ = ["CNN1d", "CoordConvCNN1d", "CoordGateCNN1d", "UNet", "MODELS", "build_model", "model_names", "model_table"]
+__all__ = ["CNN1d", "CoordConvCNN1d", "CoordGateCNN1d", "UNet", "MultiWienerNet", "MODELS", "build_model", "model_names", "model_table"]

@@ -42,6 +42,7 @@ MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec("unet:UNet", {"variant": "plain"}, description="UNet(d), double 3x3 convs, channels doubling"),
     "cgunet": ModelSpec("unet:UNet", {"variant": "coordgate"}, description="CG-UNet(d): CoordGate at every level"),
     "coordconv_unet": ModelSpec("unet:UNet", {"variant": "coordconv"}, description="CoordConv-UNet(d)"),
+    "multiwienernet": ModelSpec("multiwienernet:MultiWienerNet", description="MultiWienerNet: K learnable Wiener filters + UNet(d)"),
 }
 
 
