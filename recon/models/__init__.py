@@ -1,9 +1,12 @@
 """Models, each called as ``model(x, coords)``: the 1-D CNN family, the U-Net family (plain, CoordGate,
-CoordConv) and the baselines (PAFU-UNet); :func:`build_model` rebuilds any of them from a plain config."""
+CoordConv) and the baselines (MultiWienerNet, PAFU-UNet); :func:`build_model` rebuilds any of them from a plain
+config."""
 
 from .cnn1d import CNN1d, CoordConvCNN1d, CoordGateCNN1d
+from .multiwienernet import MultiWienerNet
 from .pafu_unet import PAFUUNet
 from .registry import MODELS, build_model, model_names, model_table
 from .unet import UNet
 
-__all__ = ["CNN1d", "CoordConvCNN1d", "CoordGateCNN1d", "UNet", "PAFUUNet", "MODELS", "build_model", "model_names", "model_table"]
+__all__ = ["CNN1d", "CoordConvCNN1d", "CoordGateCNN1d", "UNet", "MultiWienerNet", "PAFUUNet", "MODELS", "build_model",
+           "model_names", "model_table"]

@@ -43,6 +43,7 @@ MODELS: dict[str, ModelSpec] = {
     "cgunet": ModelSpec("unet:UNet", {"variant": "coordgate"}, description="CG-UNet(d): CoordGate at every level"),
     "coordconv_unet": ModelSpec("unet:UNet", {"variant": "coordconv"}, description="CoordConv-UNet(d)"),
     "pafu_unet": ModelSpec("pafu_unet:PAFUUNet", description="PAFU-UNet(d): per-pixel kernel selection at the input conv"),
+    "multiwienernet": ModelSpec("multiwienernet:MultiWienerNet", description="MultiWienerNet: K learnable Wiener filters + UNet(d)"),
 }
 
 
