@@ -24,12 +24,15 @@ from ..errors import PsfsimError
 from ..report import safe_text
 from .spec import ARRAYS, FORMAT, SPLIT_NAMES, SimulationSpec, check_spec_values
 
-__all__ = ["ValidatedStore", "validate_store", "open_group", "block_size", "MAX_METADATA_BYTES", "MAX_PSF_GRID_BYTES"]
+__all__ = ["ValidatedStore", "validate_store", "open_group", "block_size", "MAX_METADATA_BYTES", "MAX_PSF_GRID_BYTES",
+           "MAX_FREE_CHUNKS"]
 
 #: Largest ``zarr.json`` read (the root one holds every array's metadata once consolidated).
 MAX_METADATA_BYTES = 16 * 2**20
 #: Largest ``psf_grid`` (ny, nx, k, k) float32 accepted.
 MAX_PSF_GRID_BYTES = 2**30
+#: Most chunks of an array whose chunking the schema leaves to zarr (``psf_grid``, ``psf_grid_x``, ``psf_grid_y``).
+MAX_FREE_CHUNKS = 2**16
 _SHARD_BYTES = 16 * 2**20
 
 
@@ -222,9 +225,17 @@ def _check_array(path, group, name: str, expected: tuple) -> None:
     what = ("shape", "dtype", "chunks", "shards", "dimension names")
     for label, f, e in zip(what, found, (shape, dtype, chunks, shards, dims)):
         if label == "chunks" and e is None:
+            _check_free_chunks(path, name, found[0], f)
             continue
         if f != e:
             raise _bad(path, f"array {name!r} {label}", f, f"{e!r} (from the spec and the schema)")
+
+
+def _check_free_chunks(path, name: str, shape: tuple, chunks: tuple) -> None:
+    """Chunks left to zarr's default (the PSF grid): bounded in number, so a copy loop over them ends soon."""
+    count = math.prod(-(-s // max(c, 1)) for s, c in zip(shape, chunks))
+    if len(chunks) != len(shape) or min(chunks, default=1) < 1 or count > MAX_FREE_CHUNKS:
+        raise _bad(path, f"array {name!r} chunks", chunks, f"at most {MAX_FREE_CHUNKS} chunks over its shape {shape}")
 
 
 def _read_values(path, group, spec: SimulationSpec, lens) -> tuple[np.ndarray, np.ndarray]:

@@ -96,6 +96,17 @@ def _dtype(a):
     a["data_type"] = "float64"
 
 
+def _tiny_chunks(store):
+    """A 256 x 256 operator grid (consistent shape) stored in 1-element chunks: 19 million chunks to copy."""
+    def fn(a):
+        a["shape"] = [256, 256, 17, 17]
+        a["chunk_grid"]["configuration"]["chunk_shape"] = [1, 1, 1, 1]
+    _edit_array("psf_grid", fn)(store)
+    d = _load(store)
+    d["attributes"]["operator"]["grid"] = [256, 256]
+    _save(store, d)
+
+
 def _remove_array(name):
     def edit(store):
         shutil.rmtree(store / name)
@@ -133,6 +144,7 @@ CASES = {
     "shape 1e12": (_edit_array("sharp", _shape([10**12, 16, 16])), r"array 'sharp' shape is \(1000000000000, 16, 16\)"),
     "done length": (_edit_array("done", _shape([10**12])), r"array 'done' shape is \(1000000000000,\)"),
     "wrong dtype": (_edit_array("blurred", _dtype), r"array 'blurred' dtype is 'float64'; expected 'float32'"),
+    "psf_grid chunks": (_tiny_chunks, r"array 'psf_grid' chunks is \(1, 1, 1, 1\); expected at most 65536"),
     "split code 7": (_write_split_code, r"array 'split' at sample 3 is 7"),
     "block 3": (_set_attr("block", 3), r"attribute 'block' is 3; expected 2"),
     "n_blocks 9": (_set_attr("n_blocks", 9), r"attribute 'n_blocks' is 9"),
