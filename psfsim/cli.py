@@ -75,7 +75,7 @@ def cmd_info(args) -> int:
     from .lens import load_lens
 
     target = Path(args.target)
-    if target.is_dir() and (target / "zarr.json").exists():
+    if target.is_dir():  # a folder can only be a dataset store: a store error, never "lens ... is not a file"
         from .report import dataset_summary
 
         print(dataset_summary(target))

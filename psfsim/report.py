@@ -14,7 +14,17 @@ import numpy as np
 
 from .errors import PsfsimError
 
-__all__ = ["lens_summary", "write_grid", "dataset_summary", "baseline_scores", "BaselineScore"]
+__all__ = ["lens_summary", "write_grid", "dataset_summary", "baseline_scores", "BaselineScore", "safe_text"]
+
+
+def safe_text(s, limit: int = 200) -> str:
+    """``s`` as text safe to print: every non-printable character (terminal escape codes, other control
+    characters, line breaks, bidirectional overrides) written as its Python escape (``\\x1b``), and the result
+    cut to ``limit`` characters (``...`` marks a cut). For anything read from a file before it reaches a screen.
+    """
+    text = str(s)
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[: limit + 1])
+    return out if len(out) <= limit else out[: max(0, limit - 3)] + "..."
 
 
 def lens_summary(lens) -> str:
@@ -112,25 +122,26 @@ def baseline_scores(reader, indices) -> dict[str, BaselineScore]:
 def dataset_summary(path: str | os.PathLike, *, max_eval: int = 200) -> str:
     """Text summary of a dataset (``psfsim info DATA.zarr``): lens, sizes, splits, noise, completeness, baselines.
 
-    An incomplete store is refused (:class:`~psfsim.PsfsimError` with the command that finishes it).
+    The store is checked against its schema first; an incomplete one is refused (:class:`~psfsim.PsfsimError`
+    with the command that finishes it, rebuilt from its spec).
     """
     from .dataset import DatasetReader
 
-    r = DatasetReader(path)
+    r = DatasetReader(path)  # validated against the schema: every attribute used below has its type
     a, spec = r.attrs, r.spec
     h, w = r.size
     splits = r.splits
-    lines = [
-        f"dataset         {path}",
+    nm = r.normalisation
+    lines = [  # text that comes from the file is escaped (safe_text): a store must not drive the terminal
+        f"dataset         {safe_text(path, 1000)}",
         f"complete        yes ({a['n_blocks']} blocks of {a['block']} samples)",
-        f"lens            {a['lens_name']}",
-        f"samples         {len(r)} x {h} x {w} float32, origins {spec.origins}, source {spec.source!r}",
+        f"lens            {safe_text(a['lens_name'])}",
+        f"samples         {len(r)} x {h} x {w} float32, origins {spec.origins}, source {safe_text(repr(spec.source))}",
         "splits          " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
         f"noise           photons {spec.photons}, read noise {spec.read_noise}, seed {spec.seed}",
-        f"normalisation   {r.normalisation.kind} (margin {r.normalisation.margin_px} px), sharp in "
-        f"[{r.normalisation.vmin:g}, {r.normalisation.vmax:g}]",
+        f"normalisation   {safe_text(nm.kind)} (margin {nm.margin_px} px), sharp in [{nm.vmin:g}, {nm.vmax:g}]",
         f"operator        rank {a['operator']['rank']}, grid {a['operator']['grid'][0]}x{a['operator']['grid'][1]}",
-        f"created         {a['created']} by psfsim {a['psfsim_version']}",
+        f"created         {safe_text(a['created'], 40)} by psfsim {safe_text(a['psfsim_version'], 40)}",
     ]
     test = splits.get("test", np.array([], np.int64))
     which = "test split" if test.size else "all samples (empty test split)"

@@ -16,41 +16,35 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PsfsimError
-from .spec import ARRAYS, FORMAT, SPLIT_NAMES, SimulationSpec
+from ..report import safe_text
+from .schema import ValidatedStore, validate_store
+from .spec import ARRAYS, SPLIT_NAMES, SimulationSpec, simulate_command
 
 __all__ = ["open_dataset", "DatasetReader", "DatasetSample", "DatasetBatch", "Normalisation"]
 
 
 def open_dataset(path: str | os.PathLike, *, allow_incomplete: bool = False):
-    """Open a dataset store as a ``zarr.Group`` (read-only).
+    """Open a dataset store as a ``zarr.Group`` (read-only), checked against the schema first
+    (:func:`~psfsim.dataset.schema.validate_store`).
 
     Raises
     ------
     PsfsimError
-        When ``path`` is not a psfsim dataset, is of another store format (with how to regenerate it), or is
-        incomplete (with the command that finishes it) unless ``allow_incomplete``.
+        When ``path`` is not a psfsim dataset, is of another store format (with how to regenerate it), breaks
+        the schema (naming the attribute or array, the value found and what was expected), or is incomplete
+        (with the command that finishes it, rebuilt from the spec) unless ``allow_incomplete``.
     """
-    import zarr
+    return open_validated(path, allow_incomplete=allow_incomplete).group
 
-    p = Path(path)
-    if not p.is_dir():
-        raise PsfsimError(f"{p}: no dataset there")
-    try:
-        g = zarr.open_group(str(p), mode="r")
-    except Exception as e:
-        raise PsfsimError(f"{p}: not a Zarr group ({type(e).__name__}: {e})") from None
-    fmt = g.attrs.get("format")
-    cmd = g.attrs.get("command") or "psfsim simulate ... (the same arguments)"
-    if isinstance(fmt, str) and fmt.startswith("psfsim-dataset/") and fmt != FORMAT:
-        raise PsfsimError(f"{p}: dataset format {fmt!r}, this psfsim reads {FORMAT!r}; regenerate it by re-running "
-                          f"simulate with --overwrite: {cmd}")
-    if fmt != FORMAT:
-        raise PsfsimError(f"{p}: not a psfsim dataset")
-    if not g.attrs.get("complete") and not allow_incomplete:
-        done = g["done"][:]
-        raise PsfsimError(f"{p}: incomplete dataset ({int(done.sum())} of {len(done)} blocks written); "
-                          f"finish it by running the same command again: {cmd}")
-    return g
+
+def open_validated(path: str | os.PathLike, *, allow_incomplete: bool = False) -> ValidatedStore:
+    """:func:`validate_store`, then refuse an incomplete store unless ``allow_incomplete``."""
+    v = validate_store(path)
+    if not v.complete and not allow_incomplete:
+        done = v.blocks_done()
+        raise PsfsimError(f"{v.path}: incomplete dataset ({int(np.sum(done == 1))} of {v.n_blocks} blocks written); "
+                          f"finish it by running the same command again: {safe_text(simulate_command(v.spec, v.path), 4000)}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -146,9 +140,10 @@ class DatasetReader:
     """
 
     def __init__(self, path: str | os.PathLike):
-        g = open_dataset(path)
-        self._setup(Path(path), g.attrs.asdict())
-        self._group = g
+        v = open_validated(path)
+        self._setup(Path(path), v.attrs)
+        self._group = v.group
+        self._lens, self._codes, self._origins = v.lens, v.split_codes, v.origins
 
     # -- pickling: the path and the (small) attributes; the store is reopened lazily in each process ------
     def _setup(self, path: Path, attrs: dict) -> None:
@@ -170,7 +165,8 @@ class DatasetReader:
 
     def __repr__(self) -> str:
         h, w = self.size
-        return f"DatasetReader({str(self.path)!r}: {len(self)} samples of {h}x{w}, lens {self._attrs.get('lens_name')!r})"
+        return (f"DatasetReader({str(self.path)!r}: {len(self)} samples of {h}x{w}, "
+                f"lens {safe_text(repr(self._attrs.get('lens_name')))})")
 
     # -- lazily opened handles ----------------------------------------------------------------------------
     def _array(self, name: str):

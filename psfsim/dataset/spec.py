@@ -13,8 +13,8 @@ import numpy as np
 
 from ..errors import PsfsimError
 
-__all__ = ["SimulationSpec", "validate_spec", "sample_origins", "split_codes", "split_indices", "SPLIT_NAMES",
-           "FORMAT", "ARRAYS"]
+__all__ = ["SimulationSpec", "validate_spec", "check_spec_values", "sample_origins", "split_codes", "split_indices",
+           "simulate_command", "SPLIT_NAMES", "FORMAT", "ARRAYS", "MAX_SAMPLES", "MAX_SAMPLE_PIXELS"]
 
 #: Store format written by this version; readers refuse any other.
 FORMAT = "psfsim-dataset/2"
@@ -22,6 +22,10 @@ FORMAT = "psfsim-dataset/2"
 ARRAYS = ("sharp", "blurred", "wiener", "wiener_sv")
 #: Split names, in the order of their codes in the ``split`` array (0, 1, 2).
 SPLIT_NAMES = ("train", "val", "test")
+#: Most samples a dataset may have (written or read): bounds what a reader allocates for ``origin`` / ``split``.
+MAX_SAMPLES = 10**7
+#: Most pixels ``H * W`` of one sample (8192 x 8192): bounds one chunk (and one read) of an image array.
+MAX_SAMPLE_PIXELS = 2**26
 
 
 @dataclass(frozen=True)
@@ -89,29 +93,92 @@ def validate_spec(spec: SimulationSpec):
         Naming the argument, its value and what was expected.
     """
     from ..lens import lens_from_dict
-    from ..noise import NoiseModel
     from ..sources import parse_source
 
     lens = lens_from_dict(spec.lens, where="lens")
-    if int(spec.n) != spec.n or spec.n <= 0:
-        raise PsfsimError(f"--n {spec.n}: expected a whole number > 0")
+    check_spec_values(spec, lens)
+    source = parse_source(spec.source)
+    m = lens.psf_sampling.size_px // 2
+    h, w = spec.size
+    source.check((h + 2 * m, w + 2 * m))
+    return lens, source
+
+
+def check_spec_values(spec: SimulationSpec, lens) -> None:
+    """The checks of :func:`validate_spec` that need neither the source nor any file: sizes (bounded by
+    :data:`MAX_SAMPLES` and :data:`MAX_SAMPLE_PIXELS`), seed, split fractions, origins, noise.
+
+    Raises
+    ------
+    PsfsimError
+        Naming the argument, its value and what was expected.
+    """
+    from ..noise import NoiseModel
+
+    if int(spec.n) != spec.n or not 0 < spec.n <= MAX_SAMPLES:
+        raise PsfsimError(f"--n {spec.n}: expected a whole number > 0 and <= {MAX_SAMPLES}")
     H, W = lens.field.shape_px
     h, w = spec.size
     if h < 8 or w < 8:
         raise PsfsimError(f"--size {h},{w}: expected at least 8,8")
     if h > H or w > W:
         raise PsfsimError(f"--size {h},{w} is larger than the lens field {H},{W}")
+    if h * w > MAX_SAMPLE_PIXELS:
+        raise PsfsimError(f"--size {h},{w}: expected at most {MAX_SAMPLE_PIXELS} pixels a sample")
     if int(spec.seed) != spec.seed or spec.seed < 0:
         raise PsfsimError(f"--seed {spec.seed}: expected a whole number >= 0")
     if len(spec.split) != 3 or not all(np.isfinite(s) and s >= 0 for s in spec.split) or abs(sum(spec.split) - 1) > 1e-6:
         raise PsfsimError(f"--split {','.join(str(s) for s in spec.split)}: expected three fractions >= 0 summing to 1")
     if spec.origins not in ("random", "tile"):
         raise PsfsimError(f"--origins {spec.origins!r}: expected 'random' or 'tile'")
+    if not (np.isfinite(spec.tol) and 0 < spec.tol < 1):
+        raise PsfsimError(f"tol {spec.tol}: expected 0 < tol < 1")
     NoiseModel(spec.photons, spec.read_noise)
-    source = parse_source(spec.source)
-    m = lens.psf_sampling.size_px // 2
-    source.check((h + 2 * m, w + 2 * m))
-    return lens, source
+
+
+def _preset_name(lens_dict: dict) -> str | None:
+    """The bundled preset whose description is ``lens_dict``, if any."""
+    import warnings
+    from pathlib import Path
+
+    from ..lens import load_lens
+
+    for toml in sorted((Path(__file__).parent.parent / "presets").glob("*.toml")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if load_lens(toml.stem, check_psf_box=False).to_dict() == lens_dict:
+                    return toml.stem
+        except PsfsimError:
+            continue
+    return None
+
+
+def simulate_command(spec: SimulationSpec, out) -> str:
+    """The ``psfsim simulate`` command line that writes (or finishes) the dataset of ``spec`` at ``out``,
+    rebuilt from the spec alone (never from text stored in a file): absolute ``--out``, every value
+    shell-quoted. A lens that is not a bundled preset appears as ``LENS.toml``, followed by a note naming it.
+    """
+    import os
+    import shlex
+
+    preset = _preset_name(spec.lens)
+    args = ["--lens", preset or "LENS.toml", "--source", spec.source, "--n", str(spec.n),
+            "--size", f"{spec.size[0]},{spec.size[1]}", "--seed", str(spec.seed)]
+    if spec.photons is not None:
+        args += ["--photons", repr(float(spec.photons))]
+    if spec.read_noise:
+        args += ["--read-noise", repr(float(spec.read_noise))]
+    args += ["--split", ",".join(repr(float(v)) for v in spec.split), "--origins", spec.origins,
+             "--out", os.path.abspath(out)]
+    cmd = "psfsim simulate " + " ".join(shlex.quote(str(a)) for a in args)
+    notes = []
+    if preset is None:
+        notes.append(f"LENS.toml: the lens {str(spec.lens.get('name', '?'))!r} the store was written with, "
+                     "stored as its spec.lens")
+    if spec.tol != SimulationSpec.tol:
+        notes.append(f"tol {spec.tol!r} is not a command-line option: use psfsim.simulate")
+    return cmd + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def sample_origins(spec: SimulationSpec, field_shape, indices) -> np.ndarray:

@@ -15,12 +15,13 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import PsfsimError
+from ..report import safe_text
 from .sample import SampleContext, make_sample
+from .schema import block_size, open_group, validate_store
 from .spec import ARRAYS, FORMAT, SPLIT_NAMES, SimulationSpec, sample_origins, split_codes, validate_spec
 
 __all__ = ["simulate", "NORMALISATION_KIND"]
 
-_SHARD_BYTES = 16 * 2**20
 #: ``normalisation.kind`` of the stores written here (see :class:`psfsim.dataset.reader.Normalisation`).
 NORMALISATION_KIND = "source_region_max"
 
@@ -63,12 +64,6 @@ def _run_block(path: str, b: int, block: int) -> tuple[int, int, dict]:
     return b, i1 - i0, stages
 
 
-def _block_size(spec: SimulationSpec) -> int:
-    h, w = spec.size
-    # at least ~8 blocks (parallel work units, resume granularity), at most 64 samples or 16 MiB a shard
-    return int(max(1, min(spec.n // 8, _SHARD_BYTES // (4 * h * w), 64)))
-
-
 def _create_store(path: Path, spec: SimulationSpec, lens, source, command: str) -> None:
     """Create the group and its arrays in a temporary folder, then swap it in for ``path`` (which, if it
     exists, is empty or a psfsim dataset being overwritten): never a half-created store, and the old one is
@@ -86,7 +81,7 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str)
 
     n = spec.n
     h, w = spec.size
-    block = _block_size(spec)
+    block = block_size(spec)
     g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     for k in ARRAYS:
         g.create_array(k, shape=(n, h, w), dtype="float32", chunks=(1, h, w), shards=(block, h, w),
@@ -132,22 +127,27 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str)
 
 
 def _existing_store(out: Path, spec: SimulationSpec, overwrite: bool) -> bool:
-    """Whether ``out`` (an existing, non-empty folder) must be created afresh; refuse what is not ours."""
-    import zarr
-
+    """Whether ``out`` (an existing, non-empty folder) must be created afresh; refuse what is not ours, and a
+    store of ours that is of another format, written with other arguments or broken (naming what is wrong),
+    unless ``overwrite``. A store that is resumed passes :func:`validate_store` first."""
     try:
-        attrs = zarr.open_group(str(out), mode="r").attrs
-        fmt, old = attrs.get("format"), attrs.get("spec")
-    except Exception:
-        fmt, old = None, None
+        fmt = open_group(out).attrs.get("format")
+    except PsfsimError:
+        fmt = None
     if not (isinstance(fmt, str) and fmt.startswith("psfsim-dataset/")):  # never delete a folder that is not ours
         raise PsfsimError(f"--out {out}: exists and is not a psfsim dataset; nothing was changed (choose another path)")
     if fmt != FORMAT:
         if not overwrite:
-            raise PsfsimError(f"{out} is an older psfsim dataset ({fmt}, this version writes {FORMAT}); "
-                              "nothing was changed (use --overwrite to regenerate it)")
+            raise PsfsimError(f"{out} is an older psfsim dataset ({safe_text(repr(fmt), 80)}, this version writes "
+                              f"{FORMAT}); nothing was changed (use --overwrite to regenerate it)")
         return True
-    if old != spec.to_json():
+    try:
+        old = validate_store(out).spec
+    except PsfsimError as e:
+        if overwrite:
+            return True
+        raise PsfsimError(f"{e}; nothing was changed (use --overwrite to replace it)") from None
+    if old.to_json() != spec.to_json():
         if not overwrite:
             raise PsfsimError(f"{out} was written with different arguments; nothing was changed (use --overwrite to replace it)")
         return True
@@ -194,9 +194,10 @@ def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, 
         fresh = _existing_store(out, spec, overwrite)
     if fresh:
         _create_store(out, spec, lens, source, command)
+    v = validate_store(out)  # what the resume relies on: block, done's length, the arrays' shapes
+    block = v.block
+    done = v.blocks_done()
     g = zarr.open_group(str(out), mode="r+")
-    block = int(g.attrs["block"])
-    done = g["done"][:]
     todo = [int(b) for b in np.nonzero(done == 0)[0]]
     if max_blocks is not None:
         todo = todo[:max_blocks]
