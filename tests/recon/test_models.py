@@ -184,8 +184,9 @@ def test_models_cli_lists_every_model():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cg1d", "cgunet"])
+@pytest.mark.parametrize("name", ["cg1d", "cgunet", "coordconv_unet", "multiwienernet", "pafu_unet"])
 def test_torch_compile_on_cpu(name):
+    """Every layer kind under torch.compile (the plain UNet and the 1-D CNNs are subsets of these)."""
     model = _small(name).float().eval()
     x, c = _inputs(name, size=(32, 32))
     try:
