@@ -221,6 +221,13 @@ def image_header(path: str | os.PathLike, *, hdu: str | int | None = None) -> Im
         raise PsfsimError(f"{p}: cannot read image header ({type(e).__name__}: {e})") from None
 
 
+def _size(n: int) -> str:
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:.3g} {unit}"
+    return f"{n} bytes"
+
+
 def check_header(h: ImageHeader, *, allow_nd: bool = False, field_shape=None, max_bytes: int | None = None) -> None:
     """Refuse, before decoding, what cannot be read: a non-numeric dtype, a non-2-D shape, more bytes than the
     budget, an image larger than the lens field ``field_shape``."""
@@ -234,8 +241,8 @@ def check_header(h: ImageHeader, *, allow_nd: bool = False, field_shape=None, ma
         raise PsfsimError(f"{p}: image of shape {tuple(shape)} is empty")
     budget = max_image_bytes() if max_bytes is None else int(max_bytes)
     if h.decoded_bytes > budget:
-        raise PsfsimError(f"{p}: image of shape {tuple(h.shape)} {h.dtype} needs {h.decoded_bytes / 2**30:.2f} GiB "
-                          f"to read, more than the budget of {budget / 2**30:.2f} GiB (PSFSIM_MAX_IMAGE_BYTES)")
+        raise PsfsimError(f"{p}: image of shape {tuple(h.shape)} {h.dtype} needs {_size(h.decoded_bytes)} to read, "
+                          f"more than the budget of {_size(budget)} (PSFSIM_MAX_IMAGE_BYTES)")
     if field_shape is not None and len(shape) >= 2:
         H, W = (int(v) for v in field_shape)
         if shape[-2] > H or shape[-1] > W:
