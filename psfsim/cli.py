@@ -150,6 +150,7 @@ def _load_window(args):
     The outputs are checked first (type, folder, existing files without ``--overwrite``, the input itself),
     then the lens, then the image's header (memory budget, the lens field), and only then are pixels read.
     """
+    from .checks import checked_image
     from .field import centred_origin, check_window
     from .io import load_image
     from .lens import load_lens
@@ -159,6 +160,7 @@ def _load_window(args):
     lens = load_lens(args.lens)
     loaded = load_image(args.input, hdu=args.hdu, field_shape=tuple(lens.field.shape_px))
     image = loaded.data
+    checked_image(image, str(args.input), ndims=(2,), work_dtype=image.dtype)  # the library's range check, first
     origin = _pair(args.origin, int, "--origin") if args.origin else centred_origin(lens, image.shape)
     check_window(lens, origin=origin, shape=image.shape)
     return lens, loaded, origin, out
