@@ -49,13 +49,13 @@ def lens_summary(lens) -> str:
 GRID_FILES = {"grid": "psf_grid.npz", "montage": "psf_montage.png", "strehl": "strehl_map.png", "fwhm": "fwhm_map.png"}
 
 
-def check_grid_out(out: Path, *, overwrite: bool = True) -> Path:
+def check_grid_out(out: Path, *, overwrite: bool = True, parent_must_exist: bool = True) -> Path:
     """Check a grid output folder: its parent exists, it is a folder if it exists, and (without ``overwrite``)
     it holds none of the grid files yet."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PsfsimError(f"--out {out}: exists and is not a folder")
-    if not out.parent.is_dir():
+    if parent_must_exist and not out.parent.is_dir():
         raise PsfsimError(f"--out {out}: folder {out.parent} does not exist")
     if not overwrite and out.is_dir():
         taken = [n for n in GRID_FILES.values() if (out / n).exists() or (out / n).is_symlink()]
@@ -65,7 +65,8 @@ def check_grid_out(out: Path, *, overwrite: bool = True) -> Path:
 
 
 def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True, overwrite: bool = True) -> dict:
-    """PSF grid over the field, written into the folder ``out`` (created if missing; its parent must exist).
+    """PSF grid over the field, written into the folder ``out`` (created with its parents if missing; the
+    command line requires the parent to exist).
 
     Files: ``psf_grid.npz`` (``psfs`` (ny, nx, k, k) float64, ``x``, ``y`` field coordinates and ``rows``,
     ``cols`` pixel positions (ny, nx), ``strehl``, ``fwhm_px`` (ny, nx)); PNGs ``psf_montage.png``,
@@ -76,14 +77,13 @@ def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True, overwrite
     from .figures import field_map, psf_montage
     from .store import atomic_outputs
 
-    out = check_grid_out(Path(out), overwrite=overwrite)
+    out = check_grid_out(Path(out), overwrite=overwrite, parent_must_exist=False)
     grid = lens.psf_grid(ny, nx)
     x, y = grid.x.ravel(), grid.y.ravel()
     strehl = lens.strehl(x, y).reshape(ny, nx)
     fwhm = lens.fwhm_px(x, y).reshape(ny, nx)
-    created = not out.exists()
-    if created:
-        out.mkdir()
+    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+    out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / n for k, n in GRID_FILES.items()}
     try:
         with atomic_outputs(*paths.values()) as (t_npz, t_montage, t_strehl, t_fwhm):
@@ -94,8 +94,9 @@ def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True, overwrite
             field_map(strehl, grid, t_strehl, label="Strehl ratio", title=f"{lens.name}: Strehl ratio")
             field_map(fwhm, grid, t_fwhm, label="FWHM (px)", title=f"{lens.name}: equivalent-area FWHM", cmap="magma")
     except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
+        for d in created:  # the folders this call made, if they stayed empty
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise
     return paths
 
