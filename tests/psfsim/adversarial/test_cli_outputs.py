@@ -285,3 +285,18 @@ def test_every_command_refuses_in_one_line_and_changes_nothing(capsys, tmp_path,
     rc, out, err = run(capsys, *BAD[case])
     assert_refused(rc, err)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv", [["wiener", "--lens", "lens.toml", "--input", "huge.npy", "--out", "o.npy"],
+                                  ["wiener", *IMG, "--out", "o.npy", "--balance", "1e39"]])
+def test_separate_process_prints_one_line_and_no_warnings(tmp_path, argv):
+    """In a separate process (no pytest warning capture): no RuntimeWarning line joins the error."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "huge.npy", np.full((48, 48), 1e308))
+    before = snapshot(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "psfsim.cli", *argv], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert_refused(res.returncode, res.stderr)
+    assert snapshot(tmp_path) == before
