@@ -42,17 +42,32 @@ def _pair(text: str, typ=float, name: str = "value") -> tuple:
 def cmd_psf(args) -> int:
     from .io import write_array
     from .lens import load_lens
+    from .store import check_output
 
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".tif", ".tiff", ".fits"):
         raise PsfsimError(f"--out {out}: expected a .npy, .tif or .fits file")
+    check_output(out, overwrite=args.overwrite)
     x, y = _pair(args.field, float, "--field")
     lens = load_lens(args.lens)
     psf = lens.psf(x, y)
-    write_array(out, psf)
+    write_array(out, psf, history=_history(args))
     print(f"PSF at field ({x:+.4f}, {y:+.4f}) of {lens.name}: {psf.shape[0]}x{psf.shape[1]} px, "
           f"Strehl {float(lens.strehl(x, y)):.3f} -> {out}")
     return 0
+
+
+def _command_line(args) -> str:
+    import shlex
+
+    return "psfsim " + " ".join(shlex.quote(a) for a in getattr(args, "_argv", []))
+
+
+def _history(args) -> tuple[str, ...]:
+    """FITS ``HISTORY`` lines of an output: psfsim's version and the command that wrote it."""
+    from ._version import __version__
+
+    return (f"psfsim {__version__}: {_command_line(args)}",)
 
 
 # the reports (lens summary, PSF grid files, dataset summary) live in psfsim.report
@@ -60,12 +75,14 @@ def cmd_psf(args) -> int:
 
 def cmd_grid(args) -> int:
     from .lens import load_lens
+    from .report import check_grid_out
 
-    lens = load_lens(args.lens)
     ny, nx = _pair(args.n, int, "--n")
     if ny < 1 or nx < 1 or ny * nx > 4096:
         raise PsfsimError(f"--n {args.n}: expected 1 <= NY, NX and NY * NX <= 4096")
-    files = write_grid(lens, Path(args.out), ny, nx, log=not args.linear)
+    check_grid_out(Path(args.out), overwrite=args.overwrite)
+    lens = load_lens(args.lens)
+    files = write_grid(lens, Path(args.out), ny, nx, log=not args.linear, overwrite=args.overwrite)
     for k, p in files.items():
         print(f"{k:8s} {p}")
     return 0
@@ -128,45 +145,59 @@ def cmd_export(args) -> int:
 # blur / wiener / rl: one image in, one out
 # --------------------------------------------------------------------------------------------------
 def _load_window(args):
-    """Lens, image and the image's window origin in the field (default: centred)."""
+    """Lens, image (a :class:`~psfsim.io.LoadedImage`) and its window origin in the field (default: centred).
+
+    The outputs are checked first (type, folder, existing files without ``--overwrite``, the input itself),
+    then the lens, then the image's header (memory budget, the lens field), and only then are pixels read.
+    """
+    from .checks import checked_image
     from .field import centred_origin, check_window
-    from .io import read_image
+    from .io import load_image
     from .lens import load_lens
 
     out = Path(args.out)
-    _check_out(out)
-    image = read_image(args.input)
+    _check_out(out, args)
     lens = load_lens(args.lens)
+    loaded = load_image(args.input, hdu=args.hdu, field_shape=tuple(lens.field.shape_px))
+    image = loaded.data
+    checked_image(image, str(args.input), ndims=(2,), work_dtype=image.dtype)  # the library's range check, first
     origin = _pair(args.origin, int, "--origin") if args.origin else centred_origin(lens, image.shape)
     check_window(lens, origin=origin, shape=image.shape)
-    return lens, image, origin, out
+    return lens, loaded, origin, out
 
 
-def _check_out(out: Path) -> None:
-    from .io import IMAGE_SUFFIXES
+def _check_out(out: Path, args) -> None:
+    from .io import IMAGE_SUFFIXES, sidecar_path
+    from .store import check_not_input, check_output
 
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise PsfsimError(f"--out {out}: unknown image type {out.suffix!r} (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    if out.is_dir():
-        raise PsfsimError(f"--out {out}: is a folder")
-    if not out.parent.exists():
-        raise PsfsimError(f"--out {out}: folder {out.parent} does not exist")
+    for p in (out, sidecar_path(out)):
+        check_not_input(p, args.input)
+        check_output(p, overwrite=args.overwrite)
 
 
-def _write_with_record(out: Path, array, record: dict) -> None:
+def _write_with_record(out: Path, array, record: dict, loaded, args) -> None:
     """The image and its JSON sidecar ``OUT.json`` (lens, parameters, seed, version): one output, both land
-    or neither (:func:`psfsim.store.atomic_outputs`)."""
-    import json
+    or neither; a FITS output keeps a FITS input's header, with HISTORY cards."""
+    from .io import write_image
 
-    from ._version import __version__
-    from .io import write_array_to
-    from .store import atomic_outputs
+    record = {**record, "input": str(args.input), "input_hdu": loaded.header.hdu_name or loaded.header.hdu,
+              "dtype": str(np.asarray(array).dtype), "command_line": _command_line(args)}
+    write_image(out, array, record=record, fits_header=loaded.fits_header, history=_history(args))
 
-    record = {"psfsim_version": __version__, **record}
-    side = out.with_name(out.name + ".json")
-    with atomic_outputs(out, side) as (tmp_img, tmp_side):
-        write_array_to(tmp_img, array, out.suffix.lower())
-        tmp_side.write_text(json.dumps(record, indent=2, default=float))
+
+def _lens_fit(image, lens) -> float:
+    """Out-of-band fraction of ``image`` for ``lens`` (:mod:`psfsim.spectrum`); a one-line warning above the
+    threshold: restoring with a lens that does not describe the image rings."""
+    from .spectrum import OUT_OF_BAND_WARN, cutoff_cycles_per_px, out_of_band_fraction
+
+    frac = out_of_band_fraction(image, lens)
+    if frac > OUT_OF_BAND_WARN:
+        warnings.warn(f"the lens {lens.name} does not describe this image: {100 * frac:.1f} % of its power above "
+                      f"half the cutoff lies beyond the lens's cutoff {cutoff_cycles_per_px(lens):.3f} cycles/px "
+                      f"(threshold {100 * OUT_OF_BAND_WARN:.0f} %); the restoration will ring", stacklevel=2)
+    return frac
 
 
 def _check_noise_args(args) -> None:
@@ -180,7 +211,8 @@ def cmd_blur(args) -> int:
     from .noise import NoiseModel
     from .operators import make_operator
 
-    lens, image, origin, out = _load_window(args)
+    lens, loaded, origin, out = _load_window(args)
+    image = loaded.data
     if args.rank is not None and args.rank < 1:
         raise PsfsimError(f"--rank {args.rank}: expected >= 1")
     _check_noise_args(args)
@@ -190,11 +222,11 @@ def cmd_blur(args) -> int:
     peak = float(np.max(image)) if np.max(image) > 0 else 1.0
     if not noise.is_noiseless:
         rng = np.random.default_rng(args.seed)
-        blurred = noise.apply(blurred / peak, rng) * peak
+        blurred = (noise.apply(blurred / peak, rng) * peak).astype(blurred.dtype, copy=False)
     rank = getattr(op, "rank", None)
-    _write_with_record(out, blurred.astype(np.float32), {
+    _write_with_record(out, blurred, {
         "command": "blur", "lens": lens.to_dict(), "origin": list(origin), "method": "exact" if args.exact else "fast",
-        "rank": rank, "noise": noise.to_dict(), "noise_scale_peak": peak, "seed": args.seed, "input": str(args.input)})
+        "rank": rank, "noise": noise.to_dict(), "noise_scale_peak": peak, "seed": args.seed}, loaded, args)
     print(f"blurred {image.shape[0]}x{image.shape[1]} at origin {origin} with {lens.name} "
           f"({'exact' if args.exact else f'fast, rank {rank}'}){'' if noise.is_noiseless else f', noise {noise}'} -> {out}")
     return 0
@@ -203,7 +235,9 @@ def cmd_blur(args) -> int:
 def cmd_wiener(args) -> int:
     from .restore import reference_psf, sv_wiener, wiener
 
-    lens, image, origin, out = _load_window(args)
+    lens, loaded, origin, out = _load_window(args)
+    image = loaded.data
+    frac = _lens_fit(image, lens)
     if args.sv:
         res = sv_wiener(image, lens, origin=origin, patch=args.patch, balance=args.balance)
         how = f"spatially-varying, patch {args.patch}"
@@ -211,7 +245,8 @@ def cmd_wiener(args) -> int:
         res = wiener(image, reference_psf(lens, origin=origin, shape=image.shape, which=args.psf), balance=args.balance)
         how = f"global, {args.psf} PSF"
     _write_with_record(out, res, {"command": "wiener", "lens": lens.to_dict(), "origin": list(origin), "sv": args.sv,
-                                  "psf": args.psf, "patch": args.patch, "balance": args.balance, "input": str(args.input)})
+                                  "psf": args.psf, "patch": args.patch, "balance": args.balance,
+                                  "out_of_band_fraction": frac}, loaded, args)
     print(f"Wiener ({how}) of {args.input} -> {out}")
     return 0
 
@@ -220,13 +255,16 @@ def cmd_rl(args) -> int:
     from .operators import make_operator
     from .restore import richardson_lucy
 
-    lens, image, origin, out = _load_window(args)
+    lens, loaded, origin, out = _load_window(args)
+    image = loaded.data
     if args.iters < 1:
         raise PsfsimError(f"--iters {args.iters}: expected >= 1")
+    frac = _lens_fit(image, lens)
     op = make_operator(lens, shape=image.shape, origin=origin)
     res = richardson_lucy(image, op, iters=args.iters, tol=args.tol, progress=True)
     _write_with_record(out, res.image, {"command": "rl", "lens": lens.to_dict(), "origin": list(origin), "rank": op.rank,
-                                        "iterations": res.iterations, "last_change": res.last_change, "input": str(args.input)})
+                                        "iterations": res.iterations, "last_change": res.last_change,
+                                        "out_of_band_fraction": frac}, loaded, args)
     print(f"Richardson-Lucy, {res.iterations} iterations (last relative change {res.last_change:.2e}) -> {out}")
     return 0
 
@@ -243,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lens", required=True, help=lens_help)
     sp.add_argument("--field", required=True, metavar="X,Y", help="field coordinates (see README)")
     sp.add_argument("--out", required=True, help="output .npy, .tif or .fits")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.set_defaults(func=cmd_psf)
 
     sp = sub.add_parser("grid", help="PSF grid over the field + montage, Strehl and FWHM maps")
@@ -250,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", default="5,5", metavar="NY,NX", help="grid size (default 5,5)")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--linear", action="store_true", help="linear montage stretch (default: log)")
+    sp.add_argument("--overwrite", action="store_true", help="replace the grid files already in the folder")
     sp.set_defaults(func=cmd_grid)
 
     def io_args(sp):
@@ -257,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--input", required=True, help="image (.tif, .png, .npy, .fits)")
         sp.add_argument("--out", required=True, help="output image (.tif, .png, .npy, .fits) + OUT.json record")
         sp.add_argument("--origin", metavar="ROW,COL", help="the image's origin in the lens field (default: centred)")
+        sp.add_argument("--hdu", metavar="NAME|N", help="FITS input: the HDU to read (default: the first 2-D image)")
+        sp.add_argument("--overwrite", action="store_true", help="replace an existing output and its OUT.json")
 
     sp = sub.add_parser("blur", help="blur an image as the lens would (+ Poisson-Gaussian noise)")
     io_args(sp)
@@ -346,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"psfsim: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a file system refusal (permissions, full disk, ...) is the user's to fix
-        print(f"psfsim: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"psfsim: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("psfsim: interrupted", file=sys.stderr)

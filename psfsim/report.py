@@ -56,34 +56,59 @@ def lens_summary(lens) -> str:
     return "\n".join(lines)
 
 
-def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True) -> dict:
-    """PSF grid over the field, written into the folder ``out``.
+GRID_FILES = {"grid": "psf_grid.npz", "montage": "psf_montage.png", "strehl": "strehl_map.png", "fwhm": "fwhm_map.png"}
 
-    Files: ``psf_grid.npz`` (``psfs`` (ny, nx, k, k) float64, ``x``, ``y`` field coordinates and ``rows``,
-    ``cols`` pixel positions (ny, nx), ``strehl``, ``fwhm_px`` (ny, nx)), written atomically; PNGs
-    ``psf_montage.png``, ``strehl_map.png``, ``fwhm_map.png``. Returns ``{"grid", "montage", "strehl", "fwhm"}``
-    -> paths.
-    """
-    from .figures import field_map, psf_montage
-    from .store import atomic_file
 
+def check_grid_out(out: Path, *, overwrite: bool = True, parent_must_exist: bool = True) -> Path:
+    """Check a grid output folder: its parent exists, it is a folder if it exists, and (without ``overwrite``)
+    it holds none of the grid files yet."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PsfsimError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if parent_must_exist and not out.parent.is_dir():
+        raise PsfsimError(f"--out {out}: folder {out.parent} does not exist")
+    if not overwrite and out.is_dir():
+        taken = [n for n in GRID_FILES.values() if (out / n).exists() or (out / n).is_symlink()]
+        if taken:
+            raise PsfsimError(f"--out {out}: holds {', '.join(taken)} already (use --overwrite to replace them)")
+    return out
+
+
+def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True, overwrite: bool = True) -> dict:
+    """PSF grid over the field, written into the folder ``out`` (created with its parents if missing; the
+    command line requires the parent to exist).
+
+    Files: ``psf_grid.npz`` (``psfs`` (ny, nx, k, k) float64, ``x``, ``y`` field coordinates and ``rows``,
+    ``cols`` pixel positions (ny, nx), ``strehl``, ``fwhm_px`` (ny, nx)); PNGs ``psf_montage.png``,
+    ``strehl_map.png``, ``fwhm_map.png``. The four land together or not at all (:func:`psfsim.store.atomic_outputs`);
+    without ``overwrite`` a folder already holding any of them is refused. Returns ``{"grid", "montage",
+    "strehl", "fwhm"}`` -> paths.
+    """
+    from .figures import field_map, psf_montage
+    from .store import atomic_outputs
+
+    out = check_grid_out(Path(out), overwrite=overwrite, parent_must_exist=False)
     grid = lens.psf_grid(ny, nx)
     x, y = grid.x.ravel(), grid.y.ravel()
     strehl = lens.strehl(x, y).reshape(ny, nx)
     fwhm = lens.fwhm_px(x, y).reshape(ny, nx)
-    npz = out / "psf_grid.npz"
-    with atomic_file(npz) as tmp:
-        np.savez(tmp, psfs=grid.psfs, x=grid.x, y=grid.y, rows=grid.rows, cols=grid.cols, strehl=strehl, fwhm_px=fwhm)
-    return {
-        "grid": npz,
-        "montage": psf_montage(grid, out / "psf_montage.png", log=log, title=lens.name),
-        "strehl": field_map(strehl, grid, out / "strehl_map.png", label="Strehl ratio", title=f"{lens.name}: Strehl ratio"),
-        "fwhm": field_map(fwhm, grid, out / "fwhm_map.png", label="FWHM (px)", title=f"{lens.name}: equivalent-area FWHM", cmap="magma"),
-    }
+    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / n for k, n in GRID_FILES.items()}
+    try:
+        with atomic_outputs(*paths.values()) as (t_npz, t_montage, t_strehl, t_fwhm):
+            with open(t_npz, "wb") as f:
+                np.savez(f, psfs=grid.psfs, x=grid.x, y=grid.y, rows=grid.rows, cols=grid.cols, strehl=strehl,
+                         fwhm_px=fwhm)
+            psf_montage(grid, t_montage, log=log, title=lens.name)
+            field_map(strehl, grid, t_strehl, label="Strehl ratio", title=f"{lens.name}: Strehl ratio")
+            field_map(fwhm, grid, t_fwhm, label="FWHM (px)", title=f"{lens.name}: equivalent-area FWHM", cmap="magma")
+    except BaseException:
+        for d in created:  # the folders this call made, if they stayed empty
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+    return paths
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import PsfsimError
 
-__all__ = ["atomic_outputs", "atomic_file", "atomic_dir", "check_output"]
+__all__ = ["atomic_outputs", "atomic_file", "atomic_dir", "check_output", "check_not_input", "user_os_error"]
 
 
 def check_output(path: str | os.PathLike, *, overwrite: bool = True, what: str = "--out") -> Path:
@@ -30,6 +30,26 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = True, what: str =
     if not overwrite and (p.exists() or p.is_symlink()):
         raise PsfsimError(f"{what} {p}: exists (use --overwrite to replace it)")
     return p
+
+
+def check_not_input(out: str | os.PathLike, *inputs: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse an output that is one of the ``inputs`` (the same file by device and inode, so also through a
+    link, a hard link or another spelling of the path): writing it would destroy the input."""
+    o = Path(out)
+    for i in inputs:
+        try:
+            same = o.exists() and Path(i).exists() and os.path.samefile(o, i)
+        except OSError:
+            same = False
+        if same:
+            raise PsfsimError(f"{what} {o}: is the input {i}; choose another output path")
+
+
+def user_os_error(e: OSError, path: str | os.PathLike, action: str = "cannot write") -> PsfsimError:
+    """An ``OSError`` (full disk, permissions, ...) as a one-line error naming the user's ``path`` (never a
+    temporary name, never an empty name)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    return PsfsimError(f"{path}: {action} ({reason})")
 
 
 def _umask() -> int:
@@ -66,14 +86,31 @@ def atomic_outputs(*paths: str | os.PathLike):
     tmps: list[Path] = []
     try:
         for p in finals:
-            tmps.append(_temp_sibling(p))
-        yield tuple(tmps)
+            try:
+                tmps.append(_temp_sibling(p))
+            except OSError as e:
+                raise user_os_error(e, p) from None
+        try:
+            yield tuple(tmps)
+        except OSError as e:  # a write into a temporary failed: name the output it stood for
+            raise user_os_error(e, _final_of(e, tmps, finals)) from None
         for t, p in zip(tmps, finals):
-            os.replace(t, p)
+            try:
+                os.replace(t, p)
+            except OSError as e:
+                raise user_os_error(e, p) from None
     finally:
         for t in tmps:
             with contextlib.suppress(FileNotFoundError):
                 t.unlink()
+
+
+def _final_of(e: OSError, tmps: list[Path], finals: list[Path]) -> Path:
+    """The user's path behind the temporary an ``OSError`` names (the first output when it names none)."""
+    for t, p in zip(tmps, finals):
+        if e.filename is not None and os.fspath(e.filename) == os.fspath(t):
+            return p
+    return finals[0]
 
 
 @contextlib.contextmanager
