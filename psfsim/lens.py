@@ -554,8 +554,14 @@ def _finite(v, key: str, *, integer: bool = False, shown=None, expected: str | N
     ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and _float_finite(v)
     if isinstance(v, bool) or not ok:
         expected = expected or f"expected a {'whole number' if integer else 'finite number'}"
-        raise LensError(f"{key} = {v if shown is None else shown!r}: {expected}")
+        raise LensError(f"{key} = {_short(v if shown is None else shown)}: {expected}")
     return v
+
+
+def _short(v, limit: int = 80) -> str:
+    """``repr(v)`` cut to ``limit`` characters for messages (a 400-digit integer, a list of 2000 values)."""
+    r = repr(v)
+    return r if len(r) <= limit else f"{r[: limit - 20]}...({len(r)} characters)"
 
 
 def _float_finite(v) -> bool:
