@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import LensError, NyquistWarning
+from .errors import LensError, NyquistWarning, PsfsimError
 from .zernike import MAX_NOLL, noll_to_nm
 
 __all__ = [
@@ -45,6 +45,16 @@ __all__ = [
     "resolve_lens_path",
     "MAX_MONOMIAL_DEGREE",
     "CONVENTIONS",
+    "MAX_WAVELENGTHS",
+    "MAX_IMMERSION_INDEX",
+    "MAX_FRAME_SIDE",
+    "AXIS_MARGIN_FRAMES",
+    "MAX_ABERRATION_WAVES",
+    "MEMORY_BUDGET_BYTES",
+    "MAX_PSF_FLOP",
+    "memory_budget_bytes",
+    "probe_points",
+    "field_probe_grid",
 ]
 
 #: Highest total degree of a field monomial in ``rms_waves`` (``x3y2`` has degree 5).
@@ -53,8 +63,52 @@ MAX_MONOMIAL_DEGREE = 6
 DEFAULT_MAX_ENERGY_OUTSIDE = 0.05
 #: Smallest PSF box accepted, in pixels.
 MIN_PSF_SIZE = 5
+#: Largest PSF box accepted, in pixels (the memory and work bounds usually refuse far smaller boxes first).
+MAX_PSF_SIZE = 4095
 
-_MONOMIAL_RE = re.compile(r"^(?:x(\d*))?(?:y(\d*))?$")
+#: Most wavelengths in ``optics.wavelength_nm`` (each costs one DFT per PSF; 64 sample any band finely).
+MAX_WAVELENGTHS = 64
+#: Largest ``optics.immersion_index``: immersion liquids reach about 1.8 (high-index oils, methylene iodide
+#: 1.74); beyond 2 are solid-immersion lenses, whose NA > 1.5 needs a vector diffraction model, not this one.
+MAX_IMMERSION_INDEX = 2.0
+#: Largest side of ``field.shape_px``, in pixels. The largest detector mosaics are ~60000 px across; the lens
+#: never allocates its frame, but a float32 frame of 131072^2 px is already 64 GiB.
+MAX_FRAME_SIDE = 131072
+#: ``field.axis_px`` must lie within this many frame sizes of the frame (field coordinates stay of order 1).
+AXIS_MARGIN_FRAMES = 2
+#: Largest |coefficient| in waves of a Seidel or Zernike term: a pupil of at most 1024 samples represents a
+#: wavefront slope of at most 256 waves across the normalised pupil, so larger terms can never be sampled.
+MAX_ABERRATION_WAVES = 1e4
+#: Default memory budget of a lens's PSF engine in bytes; ``$PSFSIM_MEMORY_BUDGET`` (bytes) overrides it.
+MEMORY_BUDGET_BYTES = 4 * 2**30
+#: Most floating-point operations of one PSF (all wavelengths; about 10 s on one core): larger boxes or
+#: pupils are refused on load.
+MAX_PSF_FLOP = 1e11
+#: Nodes along the longer side of the field grid where rays are traced on load (the wavefront's field
+#: polynomials have degree <= 6, so 25 nodes, 1/12 of the field apart, resolve their bumps).
+FIELD_PROBE_NODES = 25
+#: Field points, besides the 9 standard ones, where the box check evaluates the diffraction PSF: the grid
+#: nodes whose ray-traced spots are worst.
+EXTRA_PROBES = 8
+
+#: Monomial names as written: ``x``/``y`` with an optional exponent of 2 or more (1 is never written).
+_MONOMIAL_RE = re.compile(r"^(?:x([2-9]|[1-9]\d+)?)?(?:y([2-9]|[1-9]\d+)?)?$")
+#: Any spelling of a monomial (``x1y``, ``x01``), to name what a non-canonical one means.
+_LOOSE_MONOMIAL_RE = re.compile(r"^(?:x(\d*))?(?:y(\d*))?$")
+
+
+def memory_budget_bytes() -> int:
+    """Memory budget of a PSF engine: ``$PSFSIM_MEMORY_BUDGET`` (bytes, e.g. ``8e9``) or :data:`MEMORY_BUDGET_BYTES`."""
+    env = os.environ.get("PSFSIM_MEMORY_BUDGET")
+    if env is None or env.strip() == "":
+        return MEMORY_BUDGET_BYTES
+    try:
+        v = float(env)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v >= 1):
+        raise LensError(f"PSFSIM_MEMORY_BUDGET = {env!r}: expected a number of bytes >= 1 (e.g. 8e9)")
+    return int(v)
 
 
 def presets_dir() -> Path:
@@ -163,6 +217,27 @@ class FieldGeometry:
         r0, c0 = self.axis_px
         R = self.half_diagonal_px
         return np.asarray(y, float) * R + r0, np.asarray(x, float) * R + c0
+
+    def contains(self, x, y) -> np.ndarray:
+        """True where field points ``(x, y)`` lie in the frame, half a pixel past its edge pixels at most
+        (the pixels' own area), with a 1e-9 px rounding allowance. NaN is never inside."""
+        r, c = self.field_to_pixel(x, y)
+        h, w = self.shape_px
+        tol = 0.5 + 1e-9
+        return (r >= -tol) & (r <= h - 1 + tol) & (c >= -tol) & (c <= w - 1 + tol)
+
+    def extent(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Field coordinates ``((x_min, x_max), (y_min, y_max))`` of the frame's outer pixel edges."""
+        h, w = self.shape_px
+        x0, y0 = self.pixel_to_field(-0.5, -0.5)
+        x1, y1 = self.pixel_to_field(h - 0.5, w - 0.5)
+        return (float(x0), float(x1)), (float(y0), float(y1))
+
+    def extent_text(self) -> str:
+        """The field's extent for messages: ``x in [a, b], y in [c, d] (the H x W px frame)``."""
+        (x0, x1), (y0, y1) = self.extent()
+        h, w = self.shape_px
+        return f"x in [{x0:+.4f}, {x1:+.4f}], y in [{y0:+.4f}, {y1:+.4f}] (the {h} x {w} px frame)"
 
     @property
     def corners_field(self) -> np.ndarray:
@@ -277,13 +352,74 @@ class Lens:
         return state
 
     # -- PSFs --------------------------------------------------------------------------------------
-    def psf(self, x: float, y: float) -> np.ndarray:
-        """PSF ``(k, k)`` float64 at field point ``(x, y)``, unit sum, centred on the box's central pixel."""
-        return self._engine.psfs(np.array([x], float), np.array([y], float))[0]
+    def psf(self, x: float, y: float, *, allow_outside: bool = False) -> np.ndarray:
+        """PSF ``(k, k)`` float64 at field point ``(x, y)``, unit sum, centred on the box's central pixel.
 
-    def psfs(self, x, y) -> np.ndarray:
-        """PSFs ``(B, k, k)`` float64 at field points ``x, y`` of shape ``(B,)`` (batched)."""
-        return self._engine.psfs(np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float)))
+        Field points must lie in the lens field (:meth:`check_points`; ``allow_outside`` as there).
+        """
+        return self.psfs([x], [y], allow_outside=allow_outside)[0]
+
+    def psfs(self, x, y, *, allow_outside: bool = False) -> np.ndarray:
+        """PSFs ``(B, k, k)`` float64 at field points ``x, y`` of shape ``(B,)`` (batched).
+
+        Raises
+        ------
+        PsfsimError
+            A field point outside the lens field (:meth:`check_points`).
+        LensError
+            A PSF that is not finite (a lens loaded with ``check_psf_box=False`` whose wavefront overflows).
+        """
+        x, y = self.check_points(x, y, allow_outside=allow_outside)
+        return _finite_result(self._engine.psfs(x, y), "PSF", x, y)
+
+    def check_points(self, x, y, *, allow_outside: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Field points ``x, y`` as flat float64 arrays ``(B,)``, checked against the lens field.
+
+        A point must lie in the frame (in field coordinates, half a pixel past its edge pixels at most).
+        ``allow_outside=True`` accepts points past the frame (a window's margin) where the PSF model still
+        holds, and refuses the others: where the wavefront aliases in the pupil sampling (a step of more than
+        half a wave between adjacent pupil samples) or where the ray-traced RMS spot radius exceeds half the
+        PSF box (:func:`psfsim.psf_metrics.geometric_spots`).
+
+        Raises
+        ------
+        PsfsimError
+            Naming the first bad point, the field's extent and, past the frame, the figure that failed.
+        """
+        x = np.atleast_1d(np.asarray(x, float)).ravel()
+        y = np.atleast_1d(np.asarray(y, float)).ravel()
+        if x.shape != y.shape:
+            raise PsfsimError(f"field points: x and y must have the same length, got {x.shape} and {y.shape}")
+        bad = ~(np.isfinite(x) & np.isfinite(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise PsfsimError(f"field point ({x[i]}, {y[i]}): field coordinates must be finite numbers")
+        outside = ~self.field.contains(x, y)
+        if outside.any():
+            i = int(np.argmax(outside))
+            if not allow_outside:
+                raise PsfsimError(
+                    f"field point ({x[i]:+.6g}, {y[i]:+.6g}) is outside the lens field: {self.field.extent_text()}; "
+                    "pass allow_outside=True for points just past the frame (a window's margin)"
+                )
+            self._check_model_holds(x[outside], y[outside])
+        return x, y
+
+    def _check_model_holds(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Refuse field points past the frame where the sampled pupil aliases or the spot outgrows the box."""
+        from .psf_metrics import MAX_PHASE_STEP_WAVES
+
+        sp = self._engine.spots(x, y)
+        half = self.psf_sampling.size_px / 2.0
+        for i in range(len(x)):
+            step, rms = sp.max_phase_step[i], sp.rms_radius_px[i]
+            if not (step <= MAX_PHASE_STEP_WAVES and rms <= half):
+                raise PsfsimError(
+                    f"field point ({x[i]:+.6g}, {y[i]:+.6g}) is outside the lens field ({self.field.extent_text()}) "
+                    f"and the PSF model breaks down there: ray-traced RMS spot radius {rms:.4g} px (at most half "
+                    f"the box, {half:g} px), wavefront step {step:.4g} waves between adjacent pupil samples "
+                    f"(at most {MAX_PHASE_STEP_WAVES}: beyond it the pupil sampling aliases)"
+                )
 
     def psf_grid(self, ny: int, nx: int):
         """PSFs on a regular ``ny x nx`` grid of pixel positions spanning the frame (corners included).
@@ -295,32 +431,36 @@ class Lens:
 
         return psf_grid(self, ny, nx)
 
-    def _per_point(self, method: str, x, y) -> np.ndarray:
+    def _per_point(self, method: str, x, y, allow_outside: bool) -> np.ndarray:
         """Evaluate an engine method ``(B,) -> (B,)`` at field points of any shape; result has ``x``'s shape."""
-        x = np.asarray(x, float)
-        y = np.broadcast_to(np.asarray(y, float), x.shape)
-        return getattr(self._engine, method)(np.atleast_1d(x).ravel(), np.atleast_1d(y).ravel()).reshape(x.shape)
+        shape = np.broadcast_shapes(np.shape(x), np.shape(y))
+        xf, yf = self.check_points(np.broadcast_to(np.asarray(x, float), shape),
+                                   np.broadcast_to(np.asarray(y, float), shape), allow_outside=allow_outside)
+        out = getattr(self._engine, method)(xf, yf)
+        return _finite_result(out, method, xf, yf).reshape(shape)
 
-    def strehl(self, x, y) -> np.ndarray:
+    def strehl(self, x, y, *, allow_outside: bool = False) -> np.ndarray:
         """Strehl ratio at field points (peak intensity over the aberration-free peak), shape of ``x``."""
-        return self._per_point("strehl", x, y)
+        return self._per_point("strehl", x, y, allow_outside)
 
-    def fwhm_px(self, x, y) -> np.ndarray:
+    def fwhm_px(self, x, y, *, allow_outside: bool = False) -> np.ndarray:
         """Equivalent-area FWHM in pixels at field points: ``2 sqrt(A / pi)``, ``A`` the area above half peak."""
-        return self._per_point("fwhm_px", x, y)
+        return self._per_point("fwhm_px", x, y, allow_outside)
 
-    def energy_outside(self, x, y) -> np.ndarray:
+    def energy_outside(self, x, y, *, allow_outside: bool = False) -> np.ndarray:
         """Fraction of each PSF's energy that falls outside the ``size_px`` box, shape of ``x``.
 
         Extrapolated to a finely sampled pupil (:mod:`psfsim.psf_metrics`)."""
-        return self._per_point("energy_outside", x, y)
+        return self._per_point("energy_outside", x, y, allow_outside)
 
-    def psf_metrics(self, x, y):
+    def psf_metrics(self, x, y, *, allow_outside: bool = False):
         """Strehl ratio, FWHM (pixels) and energy outside the box at field points ``(B,)``, from one
         evaluation: a :class:`psfsim.psf_metrics.PSFMetrics` of ``(B,)`` float64 arrays."""
-        x = np.atleast_1d(np.asarray(x, float)).ravel()
-        y = np.atleast_1d(np.asarray(y, float)).ravel()
-        return self._engine.metrics(x, y)
+        x, y = self.check_points(x, y, allow_outside=allow_outside)
+        m = self._engine.metrics(x, y)
+        for name in ("strehl", "fwhm_px", "energy_outside"):
+            _finite_result(getattr(m, name), name, x, y)
+        return m
 
     def wavefront_waves(self, x: float, y: float, rho, theta) -> np.ndarray:
         """Wavefront aberration ``W(rho, theta)`` in waves (at the reference wavelength) at field point ``(x, y)``."""
@@ -367,6 +507,19 @@ class Lens:
         return copy.deepcopy(dict(self.description))
 
 
+def _finite_result(a: np.ndarray, what: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``a`` (leading axis over field points) if every value is finite, else a :class:`LensError` naming the
+    first field point where it is not."""
+    ok = np.isfinite(a).reshape(len(x), -1).all(axis=1) if a.size else np.ones(0, bool)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise LensError(
+            f"{what} at field point ({x[i]:+.6g}, {y[i]:+.6g}) is not finite: the wavefront overflows there "
+            "(aberration coefficients too large for the field); nothing returned"
+        )
+    return a
+
+
 #: Per-instance caches of a Lens (cached_property names), not pickled.
 _CACHED = ("_engine", "canonical", "fingerprint")
 
@@ -387,7 +540,7 @@ CONVENTIONS = ("born-wolf", "poppy")
 def _check_keys(d: Mapping, allowed: set[str], where: str) -> None:
     if not isinstance(d, Mapping):
         raise LensError(f"[{where}] must be a table, got {d!r}")
-    unknown = sorted(set(d) - allowed)
+    unknown = sorted(set(d) - allowed, key=str)
     if unknown:
         raise LensError(
             f"unknown key {where + '.' if where else ''}{unknown[0]} "
@@ -398,11 +551,25 @@ def _check_keys(d: Mapping, allowed: set[str], where: str) -> None:
 def _finite(v, key: str, *, integer: bool = False, shown=None, expected: str | None = None):
     """The one number check: ``v`` if it is a finite number (a whole number when ``integer``), else a
     :class:`LensError` ``"<key> = <shown or v>: <expected>"``. Booleans are not numbers here."""
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and _float_finite(v)
     if isinstance(v, bool) or not ok:
         expected = expected or f"expected a {'whole number' if integer else 'finite number'}"
-        raise LensError(f"{key} = {v if shown is None else shown!r}: {expected}")
+        raise LensError(f"{key} = {_short(v if shown is None else shown)}: {expected}")
     return v
+
+
+def _short(v, limit: int = 80) -> str:
+    """``repr(v)`` cut to ``limit`` characters for messages (a 400-digit integer, a list of 2000 values)."""
+    r = repr(v)
+    return r if len(r) <= limit else f"{r[: limit - 20]}...({len(r)} characters)"
+
+
+def _float_finite(v) -> bool:
+    """True when ``v`` converts to a finite float (a huge int overflows: not finite)."""
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _num(d: Mapping, key: str, where: str, default=None, *, integer=False):
@@ -414,21 +581,63 @@ def _num(d: Mapping, key: str, where: str, default=None, *, integer=False):
     return _finite(d[key], f"{where}.{key}", integer=integer)
 
 
-def _parse_monomial(name: str, where: str) -> tuple[int, int]:
+def _canonical_monomial(px: int, py: int) -> str:
+    """The one spelling of ``x^px y^py``: ``c``, ``x``, ``y``, ``x2``, ``xy``, ``x2y``, ..."""
+    if px == py == 0:
+        return "c"
+    part = lambda v, e: "" if e == 0 else v if e == 1 else f"{v}{e}"  # noqa: E731
+    return part("x", px) + part("y", py)
+
+
+def _loose_monomial(name, where: str) -> tuple[int, int]:
+    """Exponents of any spelling of a monomial (``x1y`` -> (1, 1)); unknown names are errors."""
+    m = _LOOSE_MONOMIAL_RE.match(name) if isinstance(name, str) else None
     if name == "c":
         return (0, 0)
-    m = _MONOMIAL_RE.match(name)
-    if not name or m is None or (m.group(0) == ""):
+    if not name or m is None:
         raise LensError(
             f"{where}: unknown monomial {name!r} (use c, x, y, x2, xy, y2, x3, x2y, ... in field coordinates)"
         )
     px = 0 if "x" not in name else int(m.group(1) or 1)
     py = 0 if "y" not in name else int(m.group(2) or 1)
+    return (px, py)
+
+
+def _parse_monomial(name: str, where: str) -> tuple[int, int]:
+    """Exponents ``(px, py)`` of a monomial written canonically (``c``, ``x``, ``x2y``; exponent 1 never written)."""
+    px, py = _loose_monomial(name, where)
+    if name != "c" and _MONOMIAL_RE.match(name) is None:
+        raise LensError(
+            f"{where}: monomial {name!r} is not written canonically: write {_canonical_monomial(px, py)!r} "
+            "(exponents >= 2 only, exponent 1 never written, no leading zeros)"
+        )
     if px + py > MAX_MONOMIAL_DEGREE:
         raise LensError(f"{where}: monomial {name!r} has degree {px + py} > {MAX_MONOMIAL_DEGREE}")
-    if (m.group(1) is not None and m.group(1).startswith("0")) or (m.group(2) is not None and m.group(2).startswith("0")):
-        raise LensError(f"{where}: unknown monomial {name!r} (exponents start at 1)")
     return (px, py)
+
+
+def _check_duplicate_monomials(names, where: str) -> None:
+    """Two keys spelling one monomial (``x`` and ``x1``) would be summed silently: refuse, naming both."""
+    seen: dict[tuple[int, int], str] = {}
+    for name in names:
+        p = _loose_monomial(name, where)
+        if p in seen:
+            raise LensError(
+                f"{where}: keys {seen[p]!r} and {name!r} are the same monomial {_canonical_monomial(*p)!r}; "
+                "write it once"
+            )
+        seen[p] = name
+
+
+def _aberration(v, key: str) -> float:
+    """A Seidel or Zernike coefficient in waves: finite and at most :data:`MAX_ABERRATION_WAVES` in size."""
+    v = float(_finite(v, key))
+    if not abs(v) <= MAX_ABERRATION_WAVES:
+        raise LensError(
+            f"{key} = {v!r}: expected |waves| <= {MAX_ABERRATION_WAVES:g} (a pupil of at most 1024 samples "
+            "represents a wavefront slope of at most 256 waves across the pupil)"
+        )
+    return v
 
 
 def _as_list(v) -> list:
@@ -443,6 +652,11 @@ def _parse_optics(o: Mapping) -> Optics:
     wl = _as_list(o["wavelength_nm"])
     if not wl:
         raise LensError("optics.wavelength_nm = []: expected a wavelength or a list of them")
+    if len(wl) > MAX_WAVELENGTHS:
+        raise LensError(
+            f"optics.wavelength_nm: {len(wl)} wavelengths; at most {MAX_WAVELENGTHS} (each costs one DFT per PSF; "
+            f"{MAX_WAVELENGTHS} sample any band finely)"
+        )
     bad_wl = "wavelengths must be finite numbers > 0"
     for v in wl:
         if _finite(v, "optics.wavelength_nm", shown=o["wavelength_nm"], expected=bad_wl) <= 0:
@@ -463,8 +677,12 @@ def _parse_optics(o: Mapping) -> Optics:
         w = [1.0] * len(wl)
     wsum = float(sum(w))
     immersion = _num(o, "immersion_index", "optics", 1.0)
-    if immersion < 1.0:
-        raise LensError(f"optics.immersion_index = {immersion!r}: expected >= 1")
+    if not 1.0 <= immersion <= MAX_IMMERSION_INDEX:
+        raise LensError(
+            f"optics.immersion_index = {immersion!r}: expected 1 <= immersion_index <= {MAX_IMMERSION_INDEX} "
+            "(air is 1, immersion liquids reach about 1.8; solid immersion beyond 2 has NA > 1.5, which needs a "
+            "vector diffraction model, not psfsim's scalar one)"
+        )
     na = _num(o, "na", "optics")
     if not 0 < na < immersion:
         raise LensError(f"optics.na = {na!r}: expected 0 < na < immersion_index ({immersion})")
@@ -499,23 +717,41 @@ def _parse_field(f: Mapping) -> FieldGeometry:
     H, W = int(shp[0]), int(shp[1])
     if H == 1 and W == 1:
         raise LensError(f"field.shape_px = {shp!r}: a field of one pixel has no extent")
+    if max(H, W) > MAX_FRAME_SIDE:
+        raise LensError(
+            f"field.shape_px = {shp!r}: at most {MAX_FRAME_SIDE} px per side (one float32 frame of {H} x {W} px "
+            f"would be {H * W * 4 / 2**40:.3g} TiB; the largest detector mosaics are ~60000 px across)"
+        )
     if "axis_px" in f:
         ax = f["axis_px"]
         bad_axis = "expected [row, col], two finite numbers"
         if not isinstance(ax, (list, tuple)) or len(ax) != 2:
             raise LensError(f"field.axis_px = {ax!r}: {bad_axis}")
         axis = tuple(float(_finite(a, "field.axis_px", shown=ax, expected=bad_axis)) for a in ax)
+        _check_axis(axis, (H, W), ax)
     else:
         axis = ((H - 1) / 2.0, (W - 1) / 2.0)
     return FieldGeometry(shape_px=(H, W), axis_px=axis)
+
+
+def _check_axis(axis, shape, shown) -> None:
+    """The optical axis within :data:`AXIS_MARGIN_FRAMES` frame sizes of the frame (rows and columns)."""
+    m = AXIS_MARGIN_FRAMES
+    for a, n, what in zip(axis, shape, ("row", "col")):
+        lo, hi = -m * n, (n - 1) + m * n
+        if not lo <= a <= hi:
+            raise LensError(
+                f"field.axis_px = {shown!r}: the axis {what} {a:g} is more than {m} frame sizes from the frame "
+                f"(allowed {lo}..{hi} for a side of {n} px); field coordinates would be far from 1 everywhere"
+            )
 
 
 def _parse_psf(p: Mapping, optics: Optics) -> PSFSampling:
     """``[psf]`` -> :class:`PSFSampling`; the oversampled grid must reach Nyquist for ``optics``."""
     _check_keys(p, _PSF_KEYS, "psf")
     size = _num(p, "size_px", "psf", integer=True)
-    if size % 2 == 0 or size < MIN_PSF_SIZE:
-        raise LensError(f"psf.size_px = {size!r}: expected an odd whole number >= {MIN_PSF_SIZE}")
+    if size % 2 == 0 or not MIN_PSF_SIZE <= size <= MAX_PSF_SIZE:
+        raise LensError(f"psf.size_px = {size!r}: expected an odd whole number >= {MIN_PSF_SIZE} (at most {MAX_PSF_SIZE})")
     ovs = _num(p, "oversample", "psf", 4, integer=True)
     if not 1 <= ovs <= 16:
         raise LensError(f"psf.oversample = {ovs!r}: expected a whole number in 1..16")
@@ -539,7 +775,7 @@ def _parse_psf(p: Mapping, optics: Optics) -> PSFSampling:
 def _parse_seidel(s: Mapping) -> Seidel:
     """``[seidel]`` (optional) -> :class:`Seidel`, absent coefficients 0."""
     _check_keys(s, _SEIDEL_KEYS, "seidel")
-    return Seidel(**{k: float(_num(s, k, "seidel", 0.0)) for k in _SEIDEL_KEYS})
+    return Seidel(**{k: _aberration(s[k], f"seidel.{k}") if k in s else 0.0 for k in _SEIDEL_KEYS})
 
 
 def _parse_zernike(zs) -> tuple[ZernikeTerm, ...]:
@@ -557,12 +793,13 @@ def _parse_zernike(zs) -> tuple[ZernikeTerm, ...]:
             raise LensError(f"missing key {where}.rms_waves")
         rw = z["rms_waves"]
         if isinstance(rw, Mapping):
+            _check_duplicate_monomials(list(rw), f"{where}.rms_waves")
             coeffs = [
-                (_parse_monomial(mono, f"{where}.rms_waves"), float(_finite(c, f"{where}.rms_waves.{mono}")))
+                (_parse_monomial(mono, f"{where}.rms_waves"), _aberration(c, f"{where}.rms_waves.{mono}"))
                 for mono, c in rw.items()
             ]
         else:
-            coeffs = [((0, 0), float(_num(z, "rms_waves", where)))]
+            coeffs = [((0, 0), _aberration(rw, f"{where}.rms_waves"))]
         terms.append(ZernikeTerm(noll=int(j), coefficients=tuple(coeffs)))
     return tuple(terms)
 
@@ -600,8 +837,10 @@ def lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool = True, where: s
     d : mapping
         The description, as :func:`tomllib.loads` returns it. Kept unchanged as :attr:`Lens.description`.
     check_psf_box : bool
-        Estimate the energy outside the PSF box at the frame's centre, edges and corners and refuse the lens
-        when it exceeds ``[psf] max_energy_outside`` (default 5 %).
+        Bound the energy outside the PSF box over the whole field (:func:`_check_box`: rays traced on a dense
+        field grid choose where the diffraction PSF is evaluated) and refuse the lens when it exceeds
+        ``[psf] max_energy_outside`` (default 5 %), when the wavefront aliases in the pupil sampling, or when
+        a PSF or a figure is not finite. The memory and work bounds are checked either way.
     where : str
         Where the description came from (a file name), prefixed to messages.
 
@@ -646,31 +885,143 @@ def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
             NyquistWarning,
             stacklevel=3,
         )
+    _check_resources(lens)
     if check_psf_box:
         _check_box(lens)
     return lens
 
 
 def probe_points(fieldg: FieldGeometry) -> np.ndarray:
-    """Field points ``(9, 2)`` where the PSF box is checked: axis, frame corners and edge midpoints."""
+    """Field points ``(n, 2)``: the frame's centre, corners and edge midpoints, and the axis when it lies in
+    the frame (9 points, 10 for a decentred axis inside the frame)."""
     h, w = fieldg.shape_px
-    rows = np.array([0, 0, 0, (h - 1) / 2, (h - 1) / 2, h - 1, h - 1, h - 1], float)
-    cols = np.array([0, (w - 1) / 2, w - 1, 0, w - 1, 0, (w - 1) / 2, w - 1], float)
+    rows = np.array([(h - 1) / 2, 0, 0, 0, (h - 1) / 2, (h - 1) / 2, h - 1, h - 1, h - 1], float)
+    cols = np.array([(w - 1) / 2, 0, (w - 1) / 2, w - 1, 0, w - 1, 0, (w - 1) / 2, w - 1], float)
     x, y = fieldg.pixel_to_field(rows, cols)
-    return np.concatenate([[[0.0, 0.0]], np.stack([x, y], 1)])
+    pts = np.stack([x, y], 1)
+    if fieldg.contains(0.0, 0.0) and not np.any(np.all(np.abs(pts) < 1e-12, axis=1)):
+        pts = np.concatenate([[[0.0, 0.0]], pts])
+    return pts
+
+
+def field_probe_grid(fieldg: FieldGeometry, n: int = FIELD_PROBE_NODES) -> np.ndarray:
+    """Field points ``(P, 2)`` of a grid over the whole frame, corners included: ``n`` nodes along the longer
+    side, proportionally fewer (at least 2, at most the pixels) along the shorter, odd counts so the centre
+    row and column are nodes."""
+    from .field import grid_positions
+
+    h, w = fieldg.shape_px
+    longest = max(h, w)
+
+    def nodes(side):
+        k = min(side, max(2, int(round(n * side / longest))))
+        return k + (1 - k % 2) if k < side else k
+
+    rr, cc = np.meshgrid(grid_positions(nodes(h), h), grid_positions(nodes(w), w), indexing="ij")
+    x, y = fieldg.pixel_to_field(rr.ravel(), cc.ravel())
+    return np.stack([x, y], 1)
+
+
+def _check_resources(lens: Lens) -> None:
+    """Refuse, before anything is allocated, a lens whose PSF engine would exceed the memory budget
+    (:func:`memory_budget_bytes`) or :data:`MAX_PSF_FLOP` per PSF."""
+    from .psf import engine_cost
+
+    o, ps = lens.optics, lens.psf_sampling
+    cost = engine_cost(lens)
+    what = (f"psf.size_px = {ps.size_px}, psf.oversample = {ps.oversample}, {len(o.wavelength_nm)} wavelength(s), "
+            f"{cost.M} pupil samples x {cost.ks} sub-samples across the box")
+    budget = memory_budget_bytes()
+    if cost.peak_bytes > budget:
+        raise LensError(
+            f"{what}: the PSF engine needs about {cost.peak_bytes / 2**30:.3g} GiB (DFT matrices, pupil bases, "
+            f"one batch of pupil fields and intensities) > the memory budget {budget / 2**30:.3g} GiB "
+            "(psfsim.lens.MEMORY_BUDGET_BYTES; $PSFSIM_MEMORY_BUDGET in bytes overrides it); use a smaller "
+            "size_px or oversample"
+        )
+    if cost.flop_per_psf > MAX_PSF_FLOP:
+        raise LensError(
+            f"{what}: one PSF costs about {cost.flop_per_psf:.3g} floating-point operations > {MAX_PSF_FLOP:.3g} "
+            "(psfsim.lens.MAX_PSF_FLOP, about 10 s per PSF on one core); use a smaller size_px or oversample"
+        )
+
+
+def _point_text(x, y) -> str:
+    return f"({x:+.4f}, {y:+.4f})"
+
+
+def _worst_first(pts: np.ndarray, sp) -> np.ndarray:
+    """Indices of field points ordered worst spot first: most rays outside the box, then the largest RMS spot
+    radius; ties (a wavefront that varies along x only) go to the point nearest the axis."""
+    h = np.round(np.hypot(pts[:, 0], pts[:, 1]), 9)
+    frac = np.nan_to_num(sp.fraction_outside, nan=np.inf)
+    rms = np.nan_to_num(sp.rms_radius_px, nan=np.inf, posinf=np.inf)
+    return np.lexsort((h, -np.round(rms, 6), -np.round(frac, 6)))
+
+
+def _check_rays(lens: Lens, pts: np.ndarray):
+    """Trace rays at field points ``pts (P, 2)``; refuse a wavefront that is not finite, or one that aliases in
+    the engine's pupil sampling (the diffraction PSF is wrong there), naming the worst such point. Returns the
+    :class:`~psfsim.psf_metrics.GeometricSpots`."""
+    from .psf_metrics import MAX_PHASE_STEP_WAVES
+
+    sp = lens._engine.spots(pts[:, 0], pts[:, 1])
+    step = sp.max_phase_step
+    finite = np.isfinite(step) & np.isfinite(sp.rms_radius_px)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise LensError(f"the wavefront is not finite at field point {_point_text(*pts[i])}: aberration "
+                        "coefficients too large for the field")
+    bad = ~(step <= MAX_PHASE_STEP_WAVES)
+    if not bad.any():
+        return sp
+    i = int(next(j for j in _worst_first(pts, sp) if bad[j]))
+    M = lens._engine.M
+    need = int(math.ceil(M * step[i] / MAX_PHASE_STEP_WAVES))
+    fix = (f"use a larger odd size_px, smaller aberrations or psf.pupil_samples >= {need + need % 2}" if need <= 1024
+           else "use smaller aberrations (no pupil sampling psfsim allows, at most 1024, resolves them)")
+    raise LensError(
+        f"psf.size_px = {lens.psf_sampling.size_px} is too small for this lens: at field point "
+        f"{_point_text(*pts[i])} (the worst of {len(pts)} points ray-traced over the field) rays put "
+        f"{100 * sp.fraction_outside[i]:.1f} % of the energy outside the box (RMS spot radius "
+        f"{sp.rms_radius_px[i]:.4g} px, box half-width {lens.psf_sampling.size_px / 2:g} px; allowed: "
+        f"psf.max_energy_outside = {100 * lens.psf_sampling.max_energy_outside:.1f} %), and the wavefront steps "
+        f"{step[i]:.4g} waves between adjacent samples of the {M}-sample pupil (at most {MAX_PHASE_STEP_WAVES}: "
+        f"beyond it the sampled pupil aliases and the PSF is wrong); {fix}"
+    )
+
+
+def _diffraction_probes(lens: Lens, grid: np.ndarray, sp) -> np.ndarray:
+    """The standard probe points plus the :data:`EXTRA_PROBES` grid nodes with the worst ray-traced spots."""
+    pts = np.concatenate([probe_points(lens.field), grid[_worst_first(grid, sp)[:EXTRA_PROBES]]])
+    _, first = np.unique(np.round(pts, 12), axis=0, return_index=True)
+    return pts[np.sort(first)]
 
 
 def _check_box(lens: Lens) -> None:
-    pts = probe_points(lens.field)
-    out = lens.energy_outside(pts[:, 0], pts[:, 1])
-    i = int(np.argmax(out))
-    if out[i] > lens.psf_sampling.max_energy_outside:
-        raise LensError(
-            f"psf.size_px = {lens.psf_sampling.size_px} is too small for this lens: {100 * out[i]:.1f} % of the "
-            f"PSF's energy falls outside the box at field point ({pts[i, 0]:+.3f}, {pts[i, 1]:+.3f}) "
-            f"(allowed: psf.max_energy_outside = {100 * lens.psf_sampling.max_energy_outside:.1f} %); "
-            "use a larger odd size_px"
-        )
+    """Bound the energy outside the PSF box over the whole field.
+
+    Rays are traced on a dense grid over the frame (:func:`field_probe_grid`): a wavefront that is not finite
+    or aliases anywhere is refused, and the nodes with the worst spots are where the diffraction PSF is
+    evaluated, with the standard points. Every PSF, Strehl ratio, FWHM and energy fraction there must be
+    finite, and the energy outside at most ``[psf] max_energy_outside``; the error names the worst point.
+    """
+    grid = field_probe_grid(lens.field)
+    sp = _check_rays(lens, grid)
+    pts = _diffraction_probes(lens, grid, sp)
+    m = lens.psf_metrics(pts[:, 0], pts[:, 1])
+    lens.psfs(pts[:, 0], pts[:, 1])
+    out = m.energy_outside
+    limit = lens.psf_sampling.max_energy_outside
+    if np.all(out <= limit):
+        return
+    i = int(np.argmax(np.where(np.isfinite(out), out, np.inf)))
+    raise LensError(
+        f"psf.size_px = {lens.psf_sampling.size_px} is too small for this lens: {100 * out[i]:.1f} % of the "
+        f"PSF's energy falls outside the box at field point {_point_text(*pts[i])} (the worst of {len(pts)} "
+        f"points probed, chosen by ray tracing {len(grid)} points over the field; allowed: "
+        f"psf.max_energy_outside = {100 * limit:.1f} %); use a larger odd size_px"
+    )
 
 
 def lens_from_toml(text: str, *, check_psf_box: bool = True, where: str = "<toml>") -> Lens:

@@ -38,10 +38,15 @@ from .pupil import Pupil, annular_pupil
 from .pupil import pupil_samples as default_pupil_samples
 from .wavefront import field_coefficients
 
-__all__ = ["PSFEngine", "PSFGrid", "psf_grid", "annular_pupil", "engine_for", "ENGINE_CACHE_SIZE"]
+__all__ = ["PSFEngine", "PSFGrid", "psf_grid", "annular_pupil", "engine_for", "ENGINE_CACHE_SIZE", "EngineCost",
+           "engine_cost", "batch_size"]
 
-#: Field points per batch (bounds memory: batch * M^2 * 16 bytes for the pupil fields).
+#: Most field points per batch.
 _CHUNK = 64
+#: Bytes of working arrays per batch of field points (the batch shrinks for large boxes and pupils).
+BATCH_BYTES = 1 << 28
+#: Sub-samples per pupil cell side of the anti-aliased pupil (:func:`psfsim.pupil.annular_pupil`).
+_PUPIL_SUB = 8
 #: Most PSF engines kept by :func:`engine_for` (least recently used ones are dropped).
 ENGINE_CACHE_SIZE = 8
 
@@ -115,6 +120,7 @@ class PSFEngine:
 
             self._fft = FFTPropagator(lens, self.ks, self.dx_um, self.M, fft_backend)
         self._finer = None
+        self._rays = None
 
     # -- building blocks ------------------------------------------------------------------------------
     def freqs(self, lam_nm: float) -> np.ndarray:
@@ -179,10 +185,33 @@ class PSFEngine:
         if x.shape != y.shape:
             raise PsfsimError(f"x and y must have the same length, got {x.shape} and {y.shape}")
         out = np.empty((len(x), self.k, self.k))
-        for i in range(0, len(x), _CHUNK):
-            p = self._bin(self.fine_intensity(x[i : i + _CHUNK], y[i : i + _CHUNK]))
-            out[i : i + _CHUNK] = p / p.sum(axis=(1, 2), keepdims=True)
+        n = self.batch
+        for i in range(0, len(x), n):
+            p = self._bin(self.fine_intensity(x[i : i + n], y[i : i + n]))
+            out[i : i + n] = p / p.sum(axis=(1, 2), keepdims=True)
         return out
+
+    @property
+    def batch(self) -> int:
+        """Field points per batch at this engine's sampling (:func:`batch_size`)."""
+        L = len(self.lens.optics.wavelength_nm)
+        return batch_size(_point_bytes(L, self.M, self.ks))
+
+    # -- geometric optics (psfsim.psf_metrics.geometric_spots) ---------------------------------------
+    @property
+    def rays(self):
+        """The :class:`psfsim.psf_metrics.RaySample` of the lens's pupil, built on first use."""
+        if self._rays is None:
+            from .psf_metrics import RaySample
+
+            self._rays = RaySample(self.lens)
+        return self._rays
+
+    def spots(self, x: np.ndarray, y: np.ndarray):
+        """Ray-traced spot figures ``(B,)`` at field points: :func:`psfsim.psf_metrics.geometric_spots`."""
+        from .psf_metrics import geometric_spots
+
+        return geometric_spots(self, x, y)
 
     # -- metrics (psfsim.psf_metrics) -----------------------------------------------------------------
     def metrics(self, x: np.ndarray, y: np.ndarray, *, energy_outside: bool = True):
@@ -204,6 +233,78 @@ class PSFEngine:
         from .psf_metrics import energy_outside
 
         return energy_outside(self, x, y)
+
+
+@dataclass(frozen=True)
+class EngineCost:
+    """What a lens's PSF engine needs, estimated from its description alone (nothing allocated).
+
+    Attributes
+    ----------
+    M : int
+        Pupil samples across the diameter (:func:`psfsim.pupil.pupil_samples`).
+    ks : int
+        Sub-samples across the PSF box.
+    fixed_bytes : int
+        DFT matrices, pupil basis and the anti-aliased pupil's temporaries, of the engine at ``M`` and of the
+        finer one at ``2 M`` (built for the energy outside the box when ``2 M <= 1024``).
+    point_bytes : int
+        Working arrays per field point of a batch (pupil fields of every wavelength, the MFT's intermediate
+        and the sub-pixel intensities), at the larger of the two samplings.
+    batch : int
+        Field points per batch (:func:`batch_size`).
+    flop_per_psf : float
+        Floating-point operations of one PSF by MFT (all wavelengths; a complex multiply-add is 8).
+    """
+
+    M: int
+    ks: int
+    fixed_bytes: int
+    point_bytes: int
+    batch: int
+    flop_per_psf: float
+
+    @property
+    def peak_bytes(self) -> int:
+        """Fixed arrays plus one batch of working arrays: the most a PSF evaluation holds at once."""
+        return self.fixed_bytes + self.batch * self.point_bytes
+
+
+def _fixed_bytes(L: int, nb: int, M: int, ks: int) -> int:
+    dft = L * ks * M * 16
+    basis = 2 * nb * M * M * 8  # the pupil basis and the stack it is built from
+    pupil_tmp = 3 * (_PUPIL_SUB * M) ** 2 * 8  # annular_pupil's fine grid (radius, mask, mean)
+    return dft + basis + pupil_tmp
+
+
+def _point_bytes(L: int, M: int, ks: int) -> int:
+    fields = L * M * M * 16  # kept for every wavelength by the metrics' peak refinement
+    half = M * ks * 16  # P @ E.T
+    inten = ks * ks * (16 + 16) + L * ks * ks * 8  # S, |S|^2 and its temporary, then stacked per wavelength
+    return fields + half + inten
+
+
+def batch_size(point_bytes: int) -> int:
+    """Field points per batch: at most 64, and at most :data:`BATCH_BYTES` of working arrays (at least 1)."""
+    return int(max(1, min(_CHUNK, BATCH_BYTES // max(1, point_bytes))))
+
+
+def engine_cost(lens) -> EngineCost:
+    """Memory and work of the PSF engine of ``lens`` (:class:`EngineCost`), from its description only."""
+    from .wavefront import pupil_basis_names
+
+    L = len(lens.optics.wavelength_nm)
+    nb = len(pupil_basis_names(lens))
+    M = default_pupil_samples(lens)
+    ks = lens.psf_sampling.size_px * lens.psf_sampling.oversample
+    fixed = _fixed_bytes(L, nb, M, ks)
+    Mf = M
+    if 2 * M <= 1024:
+        Mf = 2 * M
+        fixed += _fixed_bytes(L, nb, Mf, ks)
+    pb = _point_bytes(L, Mf, ks)
+    flop = 8.0 * L * (float(M) ** 2 * ks + float(M) * ks**2)
+    return EngineCost(M=M, ks=ks, fixed_bytes=int(fixed), point_bytes=int(pb), batch=batch_size(pb), flop_per_psf=flop)
 
 
 _engines: OrderedDict = OrderedDict()

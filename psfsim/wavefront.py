@@ -31,7 +31,10 @@ import numpy as np
 
 from .zernike import zernike_noll
 
-__all__ = ["SEIDEL_BASIS", "pupil_basis_names", "pupil_basis", "field_coefficients", "wavefront"]
+__all__ = ["SEIDEL_BASIS", "pupil_basis_names", "pupil_basis", "pupil_gradient_basis", "field_coefficients", "wavefront"]
+
+#: Step (normalised pupil units) of the central differences in :func:`pupil_gradient_basis`.
+_GRAD_STEP = 1e-4
 
 #: Names of the Seidel pupil functions, in the order of :func:`pupil_basis`.
 SEIDEL_BASIS = ("rho4", "rho2u", "rho2v", "u2", "v2", "uv", "u", "v")
@@ -53,6 +56,27 @@ def pupil_basis(lens, rho: np.ndarray, theta: np.ndarray) -> np.ndarray:
     funcs = [r2 * r2, r2 * u, r2 * v, u * u, v * v, u * v, u, v]
     funcs += [zernike_noll(j, rho, theta) for j in sorted({z.noll for z in lens.zernike})]
     return np.stack(funcs)
+
+
+def pupil_gradient_basis(lens, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slopes ``d/du`` and ``d/dv`` of the pupil functions, each ``(nb, *u.shape)``, at pupil points ``(u, v)``.
+
+    ``u, v`` are Cartesian normalised pupil coordinates (the edge at ``hypot(u, v) = 1``). Central differences
+    of step 1e-4: the pupil functions are polynomials of degree <= 20 or so, so the error is ~1e-7 relative.
+    A wavefront ``W = c @ basis`` (waves) has the slope ``c @ gu`` (waves per unit of ``u``); a ray through that
+    pupil point lands ``lambda / NA * slope`` (µm) from the geometric image point (the transverse ray
+    aberration; Z2 = 2u of ``a`` RMS waves moves the PSF by ``2 a lambda / NA``).
+    """
+    u = np.asarray(u, float)
+    v = np.asarray(v, float)
+    h = _GRAD_STEP
+
+    def at(uu, vv):
+        return pupil_basis(lens, np.hypot(uu, vv), np.arctan2(vv, uu))
+
+    gu = (at(u + h, v) - at(u - h, v)) / (2 * h)
+    gv = (at(u, v + h) - at(u, v - h)) / (2 * h)
+    return gu, gv
 
 
 def field_coefficients(lens, x, y) -> np.ndarray:

@@ -181,7 +181,7 @@ def test_noll_index_bounds_are_accepted(noll):
     assert lens.zernike[0].noll == noll
 
 
-@pytest.mark.parametrize("mono", ["z", "x0", "y0", "q2", "yx", "x-1", "X", "cx", "xyz", ""])
+@pytest.mark.parametrize("mono", ["z", "q2", "yx", "x-1", "X", "cx", "xyz", ""])
 def test_unknown_monomial(mono):
     d = with_zernike({"noll": 5, "rms_waves": {"c": 0.01, mono: 0.02}})
     with pytest.raises(LensError, match=r"zernike\[0\]\.rms_waves: unknown monomial " + re.escape(repr(mono))):
@@ -470,8 +470,8 @@ def test_to_dict_round_trip():
     assert again.psf_sampling == lens.psf_sampling
     assert again.seidel == lens.seidel
     assert again.zernike == lens.zernike
-    x = np.array([0.0, 0.4, -0.7, 0.9])
-    y = np.array([0.0, -0.3, 0.6, 0.2])
+    x = np.array([0.0, 0.4, -0.7, 0.5])  # inside the decentred 64 x 64 frame: x in [-0.91, 0.53]
+    y = np.array([0.0, -0.3, 0.6, 0.9])
     p1 = lens.psfs(x, y)
     np.testing.assert_array_equal(again.psfs(x, y), p1)
     # the field actually varies, so equality above is a real check
@@ -664,7 +664,8 @@ def test_coma_tail_flips_under_poppy():
     """W131 > 0: the comatic tail points away from the axis in Born & Wolf's sign, toward it in poppy's."""
     m3 = {}
     for conv in ("born-wolf", "poppy"):
-        p = lens_from_dict(make(convention=conv, seidel__W131=0.6, psf__size_px=45)).psf(0.9, 0.0)
+        # (0.9, 0) lies past the square frame's edge (|x| <= 0.72): a margin point, the model still holds
+        p = lens_from_dict(make(convention=conv, seidel__W131=0.6, psf__size_px=45)).psf(0.9, 0.0, allow_outside=True)
         yy, xx = np.indices(p.shape)
         m3[conv] = (p * (xx - (p * xx).sum()) ** 3).sum()
     assert m3["born-wolf"] > 0.5 and m3["poppy"] == pytest.approx(-m3["born-wolf"], rel=1e-9)

@@ -1,0 +1,1 @@
+"""Adversarial inputs: hostile lens files, numbers, field points (psfsim hardening)."""
