@@ -384,12 +384,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
-    except PsfsimError as e:
-        print(f"psfsim: error: {e}", file=sys.stderr)
+    except PsfsimError as e:  # messages may quote file contents: escaped, so one line and no terminal codes
+        from .report import safe_text
+
+        print(f"psfsim: error: {safe_text(e, limit=4000)}", file=sys.stderr)
         return 2
     except OSError as e:  # a file system refusal (permissions, full disk, ...) is the user's to fix
+        from .report import safe_text
+
         where = f"{e.filename}: " if e.filename else ""
-        print(f"psfsim: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"psfsim: error: {safe_text(f'{where}{e.strerror or e}', limit=4000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("psfsim: interrupted", file=sys.stderr)

@@ -84,15 +84,13 @@ def _window_coords(g, r0, c0, h: int, w: int, xp, like):
         x, y = g.pixel_to_field(r0 + np.arange(h)[:, None], c0 + np.arange(w)[None, :])
         shape = np.broadcast_shapes(x.shape, y.shape)
         return np.stack([np.broadcast_to(x, shape), np.broadcast_to(y, shape)], axis=-3)
-    # the same formula on the tensor's device: x = (col - col0) / R, y = (row - row0) / R
-    R = g.half_diagonal_px
-    row0, col0 = g.axis_px
+    # torch: the same FieldGeometry.pixel_to_field, on the tensors' device and dtype
     rows = xp.arange(h, device=like.device, dtype=like.dtype)
     cols = xp.arange(w, device=like.device, dtype=like.dtype)
     r0 = r0.to(like.dtype)[..., None, None]
     c0 = c0.to(like.dtype)[..., None, None]
-    x = ((c0 + cols[None, :] - col0) / R).expand(*r0.shape[:-2], h, w)
-    y = ((r0 + rows[:, None] - row0) / R).expand(*r0.shape[:-2], h, w)
+    x, y = g.pixel_to_field(r0 + rows[:, None], c0 + cols[None, :])
+    x, y = xp.broadcast_tensors(x, y)
     return xp.stack([x, y], dim=-3)
 
 

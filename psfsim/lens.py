@@ -207,10 +207,17 @@ class FieldGeometry:
         return math.hypot((h - 1) / 2.0, (w - 1) / 2.0)
 
     def pixel_to_field(self, row, col):
-        """Field coordinates ``(x, y)`` of (fractional) pixel positions, arrays broadcast."""
+        """Field coordinates ``(x, y)`` of (fractional) pixel positions, arrays broadcast.
+
+        THE formula of the project's convention (``x = (col - col0) / R``, ``y = (row - row0) / R``): numpy
+        arrays and scalars give float64 arrays; torch tensors stay tensors (device and dtype kept), so
+        :func:`psfsim.field.field_coords_torch` runs this same line on the GPU.
+        """
         r0, c0 = self.axis_px
         R = self.half_diagonal_px
-        return (np.asarray(col, float) - c0) / R, (np.asarray(row, float) - r0) / R
+        if not (hasattr(row, "device") and hasattr(col, "device")):  # numpy / scalars (torch never imported here)
+            row, col = np.asarray(row, float), np.asarray(col, float)
+        return (col - c0) / R, (row - r0) / R
 
     def field_to_pixel(self, x, y):
         """Pixel positions ``(row, col)`` of field coordinates ``(x, y)``."""
@@ -468,11 +475,12 @@ class Lens:
 
         return wavefront(self, x, y, rho, theta)
 
-    def field_coords(self, origin=(0, 0), shape=None) -> np.ndarray:
-        """Field coordinates ``(2, h, w)`` of a window; see :func:`psfsim.field.field_coords`."""
+    def field_coords(self, *, origin=(0, 0), shape=None, **kwargs) -> np.ndarray:
+        """Field coordinates ``(2, h, w)`` of a window (keyword-only, as everywhere); see
+        :func:`psfsim.field.field_coords` (``dtype``, ``allow_outside`` pass through)."""
         from .field import field_coords
 
-        return field_coords(self, origin=origin, shape=shape)
+        return field_coords(self, origin=origin, shape=shape, **kwargs)
 
     @cached_property
     def canonical(self) -> str:

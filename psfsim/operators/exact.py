@@ -39,7 +39,7 @@ class ExactOperator:
         k = lens.psf_sampling.size_px
         self.k = k
         #: PSF of every source pixel, ``(H, W, k, k)`` float64
-        self.psfs = lens.psfs(xy[0].ravel(), xy[1].ravel()).reshape(H, W, k, k)
+        self.psfs = lens.psfs(xy[0].ravel(), xy[1].ravel(), allow_outside=allow_outside).reshape(H, W, k, k)
 
     def forward(self, m: np.ndarray) -> np.ndarray:
         """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` (computed in float64); dtype by :func:`result_dtype`."""

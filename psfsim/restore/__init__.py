@@ -15,7 +15,7 @@ def reference_psf(lens, *, origin, shape, which: str = "axis"):
     from ..errors import PsfsimError
 
     if which == "axis":
-        return lens.psf(0.0, 0.0)
+        return lens.psf(0.0, 0.0, allow_outside=True)  # the axis may lie off the detector (off-axis frames)
     r0, c0 = origin
     h, w = shape
     if which == "centre":

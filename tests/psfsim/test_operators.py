@@ -176,6 +176,8 @@ def test_windows_are_keyword_only(microscope_small):
     with pytest.raises(TypeError):
         psfsim.field_coords(microscope_small, (0, 0), (16, 16))
     with pytest.raises(TypeError):
+        microscope_small.field_coords((0, 0), (16, 16))
+    with pytest.raises(TypeError):
         reference_psf(microscope_small, (0, 0), (16, 16))
 
 
