@@ -193,6 +193,10 @@ class StoreDataset(torch.utils.data.Dataset):
         if not arrays_in or len(set(arrays_in)) != len(arrays_in):
             raise ReconError(f"arrays_in = {arrays_in!r}: expected distinct names of blurred, wiener, wiener_sv")
         self.arrays_in = arrays_in
+        for a in ("sharp", *arrays_in):  # consolidated metadata would list an array whose folder is gone
+            if not (self.reader.path / a / "zarr.json").is_file():
+                raise ReconError(f"--data {path}: array {a!r} is missing from the store (no {a}/zarr.json); "
+                                 "re-run psfsim simulate --overwrite")
         self.size = self.reader.size
         self.crop = _check_crop(crop, self.size, multiple_of)
         self.seed = int(seed)
@@ -245,7 +249,17 @@ class StoreDataset(torch.utils.data.Dataset):
             raise ReconError(f"cache=True: split {self.split!r} needs {need / 2**30:.2f} GiB, more than half the "
                              f"free memory ({avail / 2**30:.2f} GiB); train without the cache")
         b = self.reader.read(self.indices, arrays=("sharp", *self.arrays_in))
-        return {k: getattr(b, k) for k in ("sharp", *self.arrays_in)}
+        imgs = {k: getattr(b, k) for k in ("sharp", *self.arrays_in)}
+        self._check_finite(imgs, self.indices)
+        return imgs
+
+    def _check_finite(self, imgs: dict, idx) -> None:
+        """A chunk never written (or whose shard file is gone) reads as the fill value, NaN: refuse it."""
+        for k, a in imgs.items():
+            bad = np.isnan(a.reshape(len(a), -1)).any(axis=1)
+            if bad.any():
+                raise ReconError(f"--data {self.reader.path}: array {k!r} has no data for sample {int(idx[np.argmax(bad)])} "
+                                 "(a missing or damaged chunk: NaN fill value); re-run psfsim simulate --overwrite")
 
     # -- items ----------------------------------------------------------------------------------------------
     def offset(self, index: int, epoch: int | None = None) -> tuple[int, int]:
@@ -279,6 +293,7 @@ class StoreDataset(torch.utils.data.Dataset):
         else:
             b = self.reader.read(idx, arrays=names)
             imgs = {k: getattr(b, k) for k in names}
+            self._check_finite(imgs, idx)
         origins = self.reader.origins[idx]
         h, w = self.crop
         lens = self.lens
@@ -484,7 +499,8 @@ class OnTheFlyDataset:
                 g = torch.Generator(device=dev).manual_seed(
                     int(np.random.SeedSequence([self.seed, stream, int(step)]).generate_state(1, np.uint64)[0] >> 1))
                 blurred = torch_noise(blurred, self.noise, g)
-        coords = field_coords_torch(self.lens, origins=o, shape=(h, w), device=dev)
+        # float64 then float32: bit-equal to psfsim.field_coords(..., dtype=float32), as the store crops' coords
+        coords = field_coords_torch(self.lens, origins=o, shape=(h, w), device=dev, dtype=torch.float64).float()
         return Batch(x=blurred.float().contiguous(), coords=coords, y=src[..., m : m + h, m : m + w].contiguous(),
                      origins=o, index=torch.arange(n, device=dev))
 
