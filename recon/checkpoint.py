@@ -149,10 +149,15 @@ def read_checkpoint(path) -> dict:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global that is not plain data: the object was never constructed
-        first = str(e).strip().splitlines()
-        hint = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        import re
+
+        from psfsim.report import safe_text
+
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = (f"found {safe_text(found.group(1)[:120])}, not an allowed plain type" if found
+                else safe_text(str(e).strip().splitlines()[0][:200]))
         raise ReconError(f"checkpoint {p}: refused, it holds pickled objects or code, not plain data (loaded with "
-                         f"weights_only=True; {hint[:300]}); a checkpoint is data, never code") from None
+                         f"weights_only=True: {what}); a checkpoint is data, never code") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ReconError(f"checkpoint {p}: truncated or not a recon checkpoint ({msg})") from None
