@@ -227,7 +227,8 @@ class StoreDataset(torch.utils.data.Dataset):
         return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
-        """Crops (and :class:`SeededSampler`'s order) of epoch ``epoch``; call before iterating a loader."""
+        """Crops (and :class:`SeededSampler`'s order) of epoch ``epoch``. Call it before ``iter(loader)``, never
+        while a loader is being iterated (its workers read the epoch when they make each item)."""
         self._epoch[0] = int(epoch)
 
     def __len__(self) -> int:
