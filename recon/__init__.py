@@ -17,6 +17,9 @@ from psfsim._version import __version__
 from .coords import batch_coords, coords_1d, frame_coords, pool_coords
 from .errors import ReconError
 from .models import build_model, model_names, model_table
+from .checkpoint import CheckpointInfo, check_store_matches, load_checkpoint, save_checkpoint
+from .data import Batch, OnTheFlyDataset, StoreDataset
 
 __all__ = ["__version__", "ReconError", "batch_coords", "frame_coords", "coords_1d", "pool_coords", "build_model",
-           "model_names", "model_table"]
+           "model_names", "model_table", "StoreDataset", "OnTheFlyDataset", "Batch", "save_checkpoint", "load_checkpoint",
+           "CheckpointInfo", "check_store_matches"]
