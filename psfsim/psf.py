@@ -27,12 +27,11 @@ Engines are shared between equal lenses (:func:`engine_for`, keyed by :attr:`psf
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
+from .cache import BoundedCache
 from .errors import PsfsimError
 from .pupil import Pupil, annular_pupil
 from .pupil import pupil_samples as default_pupil_samples
@@ -307,8 +306,7 @@ def engine_cost(lens) -> EngineCost:
     return EngineCost(M=M, ks=ks, fixed_bytes=int(fixed), point_bytes=int(pb), batch=batch_size(pb), flop_per_psf=flop)
 
 
-_engines: OrderedDict = OrderedDict()
-_engines_lock = threading.Lock()
+_engines = BoundedCache(max_items=ENGINE_CACHE_SIZE)
 
 
 def engine_for(lens) -> PSFEngine:
@@ -316,19 +314,7 @@ def engine_for(lens) -> PSFEngine:
 
     At most :data:`ENGINE_CACHE_SIZE` engines are kept, the least recently used dropped first.
     """
-    key = lens.fingerprint
-    with _engines_lock:
-        eng = _engines.get(key)
-        if eng is not None:
-            _engines.move_to_end(key)
-            return eng
-    eng = PSFEngine(lens)
-    with _engines_lock:
-        eng = _engines.setdefault(key, eng)
-        _engines.move_to_end(key)
-        while len(_engines) > ENGINE_CACHE_SIZE:
-            _engines.popitem(last=False)
-    return eng
+    return _engines.get(lens.fingerprint, lambda: PSFEngine(lens))
 
 
 def psf_grid(lens, ny: int, nx: int) -> PSFGrid:

@@ -18,11 +18,9 @@ float64, the torch module in the input's dtype.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import numpy as np
 
+from ..cache import BoundedCache
 from ..errors import PsfsimError
 from .exact import ExactOperator
 from .lowrank import DEFAULT_TOL, KernelCache, LowRankBasis, LowRankOperator, result_dtype
@@ -31,9 +29,8 @@ __all__ = ["ExactOperator", "LowRankBasis", "LowRankOperator", "KernelCache", "m
            "to_torch", "torch_blur", "result_dtype", "cache_basis", "OPERATOR_METHODS"]
 
 OPERATOR_METHODS = ("fast", "exact")
-_BASIS_CACHE: OrderedDict = OrderedDict()
-_BASIS_LOCK = threading.Lock()
-_BASIS_CACHE_SIZE = 8
+#: the last 8 bases of this process, keyed by lens fingerprint and build arguments
+_BASIS_CACHE = BoundedCache(max_items=8)
 
 
 def _basis_key(lens, rank, tol, grid):
@@ -53,13 +50,8 @@ def lowrank_basis(lens, *, rank: int | None = None, tol: float = DEFAULT_TOL, gr
 
     lens = as_lens(lens)
     rank, tol, grid = check_build_args(rank, tol, grid)
-    key = _basis_key(lens, rank, tol, grid)
-    with _BASIS_LOCK:
-        hit = _BASIS_CACHE.get(key)
-        if hit is not None:
-            _BASIS_CACHE.move_to_end(key)
-            return hit
-    return cache_basis(LowRankBasis.build(lens, rank=rank, tol=tol, grid=grid))
+    hit = _BASIS_CACHE.peek(_basis_key(lens, rank, tol, grid))
+    return hit if hit is not None else cache_basis(LowRankBasis.build(lens, rank=rank, tol=tol, grid=grid))
 
 
 def cache_basis(basis: LowRankBasis) -> LowRankBasis:
@@ -67,13 +59,7 @@ def cache_basis(basis: LowRankBasis) -> LowRankBasis:
     :func:`lowrank_basis` and :func:`make_operator` with those arguments use it instead of rebuilding.
     :meth:`LowRankBasis.load` calls it. Returns the cached basis (an equal one already there wins)."""
     b = basis.built_with
-    key = _basis_key(basis.lens, b.get("rank"), b.get("tol", DEFAULT_TOL), b.get("grid"))
-    with _BASIS_LOCK:
-        basis = _BASIS_CACHE.setdefault(key, basis)
-        _BASIS_CACHE.move_to_end(key)
-        while len(_BASIS_CACHE) > _BASIS_CACHE_SIZE:
-            _BASIS_CACHE.popitem(last=False)
-    return basis
+    return _BASIS_CACHE.put(_basis_key(basis.lens, b.get("rank"), b.get("tol", DEFAULT_TOL), b.get("grid")), basis)
 
 
 def make_operator(lens, *, shape=None, origin=(0, 0), method: str = "fast", rank: int | None = None,

@@ -17,14 +17,13 @@ between nodes to ``tol / 2``, then ``K`` is the smallest rank reconstructing eve
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from ..cache import BoundedCache
 from ..errors import PsfsimError
 from ..fft import get_backend
 from .spline import SplineAxis, spline_weights
@@ -102,54 +101,16 @@ def check_build_args(rank, tol, grid):
     return rank, float(tol), grid
 
 
-class KernelCache:
-    """Thread-safe LRU cache of transforms (arrays or tuples of arrays), bounded in bytes (one per basis for
-    the eigen-PSF transforms; one for Wiener's transfer functions).
-
-    Keys are ``(pad_shape, dtype, backend)``; windows of one shape (dataset samples, interior tiles) share
-    one entry, edge tiles add their own, and the least recently used entries go once ``max_bytes`` is reached.
-    """
+class KernelCache(BoundedCache):
+    """The eigen-PSF transforms of one basis, keyed by ``(pad_shape, dtype, backend)`` and bounded in bytes:
+    windows of one shape (dataset samples, interior tiles) share one entry, edge tiles add their own, the
+    least recently used go first (:class:`psfsim.cache.BoundedCache`)."""
 
     def __init__(self, max_bytes: int = KERNEL_CACHE_BYTES):
-        self.max_bytes = int(max_bytes)
-        self._d: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _size(v) -> int:
-        if isinstance(v, (tuple, list)):
-            return sum(KernelCache._size(x) for x in v)
-        return int(getattr(v, "nbytes", 0))
-
-    @property
-    def nbytes(self) -> int:
-        return sum(self._size(v) for v in self._d.values())
-
-    def get(self, key, make):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-        val = make()
-        with self._lock:
-            self._d[key] = val
-            self._d.move_to_end(key)
-            while len(self._d) > 1 and self.nbytes > self.max_bytes:
-                self._d.popitem(last=False)
-        return val
-
-    def __getstate__(self):  # a copy in another process starts empty
-        return {"max_bytes": self.max_bytes}
+        super().__init__(max_bytes=max_bytes)
 
     def __setstate__(self, d):
         self.__init__(d["max_bytes"])
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-
-    def __len__(self) -> int:
-        return len(self._d)
 
 
 def _psfs_at(lens, rows, cols) -> np.ndarray:

@@ -15,10 +15,10 @@ and padded shape, bounded in bytes).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import torch
+
+from ..cache import BoundedCache
 
 __all__ = ["LowRankBlur", "WindowBlur"]
 
@@ -57,7 +57,7 @@ class LowRankBlur(torch.nn.Module):
         #: another lens is refused by a module built for this one
         self.register_buffer("field_shape", torch.zeros(2, dtype=torch.int64))
         self.register_buffer("lens_fingerprint", torch.zeros(32, dtype=torch.uint8))
-        self._kft: OrderedDict = OrderedDict()
+        self._kft = BoundedCache(max_bytes=_KFT_BYTES)
 
     @classmethod
     def from_basis(cls, basis) -> "LowRankBlur":
@@ -87,7 +87,7 @@ class LowRankBlur(torch.nn.Module):
         return self.eigen_psfs.shape[-1]
 
     def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .double(): cached transforms belong to the old place
-        self._kft = OrderedDict()
+        self._kft = BoundedCache(max_bytes=_KFT_BYTES)
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------
@@ -98,15 +98,8 @@ class LowRankBlur(torch.nn.Module):
         return (scipy.fft.next_fast_len(H + self.k - 1, True), scipy.fft.next_fast_len(W + self.k - 1, True))
 
     def _kernel_ft(self, pad, like: torch.Tensor) -> torch.Tensor:
-        key = (tuple(pad), like.device, like.dtype)
-        if key in self._kft:
-            self._kft.move_to_end(key)
-            return self._kft[key]
-        kf = torch.fft.rfft2(self.eigen_psfs.to(device=like.device, dtype=like.dtype), s=pad)
-        self._kft[key] = kf
-        while len(self._kft) > 1 and sum(v.numel() * v.element_size() for v in self._kft.values()) > _KFT_BYTES:
-            self._kft.popitem(last=False)
-        return kf
+        key = (tuple(pad), str(like.device), like.dtype)
+        return self._kft.get(key, lambda: torch.fft.rfft2(self.eigen_psfs.to(device=like.device, dtype=like.dtype), s=pad))
 
     def spline_factors(self, origins: torch.Tensor, shape, like: torch.Tensor):
         """``Wr (B, H, ny)`` and ``Wc (B, W, nx)`` of windows at ``origins (B, 2)``, on ``like``'s device and dtype."""

@@ -26,3 +26,12 @@ def make_lens(check_psf_box=True, **sections):
 @pytest.fixture
 def lens_factory():
     return make_lens
+
+
+def preset_on_field(name: str, n: int):
+    """A preset's optics on an ``n x n`` field: the blur changes strongly across a small image (fast tests)."""
+    import psfsim
+
+    d = psfsim.load_lens(name).to_dict()
+    d["field"]["shape_px"] = [n, n]
+    return psfsim.lens_from_dict(d)

@@ -15,6 +15,8 @@ import psfsim
 from psfsim.operators import ExactOperator, lowrank_basis, make_operator, to_torch, torch_blur
 from psfsim.operators.testing import check_linear_operator
 
+from .conftest import preset_on_field
+
 SHAPE = (24, 20)
 ORIGIN = (50, 60)
 
@@ -22,9 +24,7 @@ ORIGIN = (50, 60)
 @pytest.fixture(scope="module")
 def lens():
     """The microscope preset's optics on a 96 x 96 field: the blur changes strongly across a small window."""
-    d = psfsim.load_lens("microscope").to_dict()
-    d["field"]["shape_px"] = [96, 96]
-    return psfsim.lens_from_dict(d)
+    return preset_on_field("microscope", 96)
 
 
 @pytest.fixture(scope="module")

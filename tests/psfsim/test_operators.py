@@ -8,15 +8,13 @@ from scipy.signal import convolve
 import psfsim
 from psfsim.operators import ExactOperator, LowRankBasis, blur, lowrank_basis, make_operator, to_torch, torch_blur
 
-from .conftest import make_lens
+from .conftest import make_lens, preset_on_field
 
 
 @pytest.fixture(scope="module")
 def microscope_small():
     """The microscope preset's optics on a 96 x 96 field: the blur changes strongly across a small image."""
-    d = psfsim.load_lens("microscope").to_dict()
-    d["field"]["shape_px"] = [96, 96]
-    return psfsim.lens_from_dict(d)
+    return preset_on_field("microscope", 96)
 
 
 @pytest.fixture(scope="module")

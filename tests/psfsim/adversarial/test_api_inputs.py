@@ -16,12 +16,12 @@ from psfsim import PsfsimError
 from psfsim.operators import ExactOperator, blur, lowrank_basis, make_operator, result_dtype, torch_blur
 from psfsim.restore import reference_psf, richardson_lucy, sv_wiener, wiener
 
+from ..conftest import preset_on_field
+
 
 @pytest.fixture(scope="module")
 def lens():
-    d = psfsim.load_lens("microscope").to_dict()
-    d["field"]["shape_px"] = [64, 64]
-    return psfsim.lens_from_dict(d)
+    return preset_on_field("microscope", 64)
 
 
 @pytest.fixture(scope="module")
