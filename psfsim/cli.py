@@ -155,12 +155,18 @@ def _load_window(args):
     from .io import load_image
     from .lens import load_lens
 
+    import dataclasses
+
     out = Path(args.out)
     _check_out(out, args)
     lens = load_lens(args.lens)
-    loaded = load_image(args.input, hdu=args.hdu, field_shape=tuple(lens.field.shape_px))
-    image = loaded.data
-    checked_image(image, str(args.input), ndims=(2,), work_dtype=image.dtype)  # the library's range check, first
+    fill = args.nan_policy == "fill"
+    loaded = load_image(args.input, hdu=args.hdu, field_shape=tuple(lens.field.shape_px), allow_nonfinite=fill)
+    # the library's NaN policy and range check, first: under "fill" the NaN/inf pixels are filled from their
+    # neighbours for the computation and put back as NaN in the output (args.mask), never spread
+    image, args.mask = checked_image(loaded.data, str(args.input), ndims=(2,), work_dtype=loaded.data.dtype,
+                                     nan_policy=args.nan_policy)
+    loaded = dataclasses.replace(loaded, data=image)
     origin = _pair(args.origin, int, "--origin") if args.origin else centred_origin(lens, image.shape)
     check_window(lens, origin=origin, shape=image.shape)
     return lens, loaded, origin, out
@@ -182,9 +188,14 @@ def _write_with_record(out: Path, array, record: dict, loaded, args) -> None:
     or neither; a FITS output keeps a FITS input's header, with HISTORY cards."""
     from .io import write_image
 
+    from .checks import remask
+
+    mask = getattr(args, "mask", None)
     record = {**record, "input": str(args.input), "input_hdu": loaded.header.hdu_name or loaded.header.hdu,
-              "dtype": str(np.asarray(array).dtype), "command_line": _command_line(args)}
-    write_image(out, array, record=record, fits_header=loaded.fits_header, history=_history(args))
+              "dtype": str(np.asarray(array).dtype), "command_line": _command_line(args),
+              "nan_policy": args.nan_policy, "masked_pixels": 0 if mask is None else int(mask.sum())}
+    write_image(out, remask(array, mask), record=record, fits_header=loaded.fits_header, history=_history(args),
+                mask=mask)
 
 
 def _lens_fit(image, lens) -> float:
@@ -299,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--origin", metavar="ROW,COL", help="the image's origin in the lens field (default: centred)")
         sp.add_argument("--hdu", metavar="NAME|N", help="FITS input: the HDU to read (default: the first 2-D image)")
         sp.add_argument("--overwrite", action="store_true", help="replace an existing output and its OUT.json")
+        sp.add_argument("--nan-policy", choices=["raise", "fill"], default="raise",
+                        help="NaN/inf input pixels: refuse (default), or fill them from their neighbours for the "
+                             "computation and leave them NaN in the output (FITS blanks, dead pixels)")
 
     sp = sub.add_parser("blur", help="blur an image as the lens would (+ Poisson-Gaussian noise)")
     io_args(sp)

@@ -291,7 +291,7 @@ def _native(a: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike, *, allow_nd: bool = False, hdu: str | int | None = None,
-               field_shape=None, max_bytes: int | None = None) -> LoadedImage:
+               field_shape=None, max_bytes: int | None = None, allow_nonfinite: bool = False) -> LoadedImage:
     """Read an image from ``.npy``, ``.tif/.tiff``, ``.png`` (RGB(A): luminance) or FITS.
 
     The header is read and checked first (:func:`check_header`: numeric, 2-D unless ``allow_nd``, within the
@@ -304,7 +304,7 @@ def load_image(path: str | os.PathLike, *, allow_nd: bool = False, hdu: str | in
     """
     h = image_header(path, hdu=hdu)
     check_header(h, allow_nd=allow_nd, field_shape=field_shape, max_bytes=max_bytes)
-    p = h.path
+    p = h.path  # allow_nonfinite: NaN / inf pixels pass (the caller applies psfsim's NaN policy)
     try:
         a, fits_header = _decode(h)
     except PsfsimError:
@@ -317,7 +317,7 @@ def load_image(path: str | os.PathLike, *, allow_nd: bool = False, hdu: str | in
     if not allow_nd and a.ndim != 2:
         raise PsfsimError(f"{p}: expected a 2-D image, got shape {a.shape}")
     a = _native(a)
-    if not np.all(np.isfinite(a)):
+    if not allow_nonfinite and not np.all(np.isfinite(a)):
         raise PsfsimError(f"{p}: image contains NaN or inf ({int(np.sum(~np.isfinite(a)))} pixels)")
     return LoadedImage(a, h, fits_header)
 
@@ -337,13 +337,15 @@ def sidecar_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def check_finite(a: np.ndarray, name) -> np.ndarray:
-    """Refuse to write an array with NaN or inf (``name``: the user's output path)."""
+def check_finite(a: np.ndarray, name, mask=None) -> np.ndarray:
+    """Refuse to write an array with NaN or inf (``name``: the user's output path), except at ``mask``: the
+    input's own non-finite pixels under ``--nan-policy fill`` (they stay NaN in the output, and only they)."""
     a = np.asarray(a)
     if a.dtype.kind not in "fiub":
         raise PsfsimError(f"{name}: cannot write an array of dtype {a.dtype}")
     if a.dtype.kind == "f":
-        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        ok = np.isfinite(a) if mask is None else (np.isfinite(a) | mask)
+        bad = int(a.size - np.count_nonzero(ok))
         if bad:
             raise PsfsimError(f"{name}: the result has {bad} NaN or infinite pixel(s) of {a.size}; nothing written")
     return a
@@ -381,11 +383,11 @@ def fits_output_header(source=None, history=()):
     return hdr
 
 
-def write_array_to(tmp: Path, a: np.ndarray, suf: str, *, name=None, fits_header=None, history=()) -> dict:
+def write_array_to(tmp: Path, a: np.ndarray, suf: str, *, name=None, fits_header=None, history=(), mask=None) -> dict:
     """Write ``a`` in the format of suffix ``suf`` into the (temporary, already created) path ``tmp``; see
     :func:`write_image`. ``name``: the user's path, for messages. Returns what a record must keep (PNG:
-    ``png_offset``, ``png_scale``)."""
-    a = check_finite(a, name or "output")
+    ``png_offset``, ``png_scale``). ``mask``: pixels allowed to be NaN (see :func:`write_image`)."""
+    a = check_finite(a, name or "output", mask)
     suf = suf.lower()
     extra: dict = {}
     with open(tmp, "wb") as f:  # the exclusive temporary itself: no name is opened twice
@@ -419,24 +421,27 @@ def _check_out_suffix(p: Path) -> str:
 
 
 def write_image(out: str | os.PathLike, a: np.ndarray, *, record: dict | None = None, fits_header=None,
-                history=()) -> dict:
+                history=(), mask=None) -> dict:
     """Write an image and (when ``record`` is given) its JSON record ``OUT.json``: both land or neither.
 
     The array is written with its dtype (PNG: 16-bit with ``png_offset``/``png_scale`` in the record, so PNG
     needs a record); FITS outputs carry ``fits_header``'s cards and ``history`` as ``HISTORY`` cards. A NaN or
-    infinite pixel is refused (nothing written). Returns the record as written (``{}`` without one).
+    infinite pixel is refused (nothing written), except at ``mask`` (the input's own non-finite pixels under the
+    ``fill`` NaN policy: NaN there and only there; PNG cannot hold them). Returns the record as written.
     """
     from ._version import __version__
     from .store import atomic_outputs
 
     p = Path(out)
     suf = _check_out_suffix(p)
-    check_finite(a, p)
+    check_finite(a, p, mask)
+    if mask is not None and suf == ".png":
+        raise PsfsimError(f"{p}: PNG cannot hold the masked (NaN) pixels; write .tif, .npy or .fits")
     if suf == ".png" and record is None:
         raise PsfsimError(f"{p}: PNG holds 16-bit integers and its scale needs a record; write .tif, .npy or .fits")
     paths = [p] if record is None else [p, sidecar_path(p)]
     with atomic_outputs(*paths) as tmps:
-        extra = write_array_to(tmps[0], a, suf, name=p, fits_header=fits_header, history=history)
+        extra = write_array_to(tmps[0], a, suf, name=p, fits_header=fits_header, history=history, mask=mask)
         if record is None:
             return {}
         rec = {"psfsim_version": __version__, **record, **extra}

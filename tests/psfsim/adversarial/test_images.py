@@ -178,3 +178,44 @@ def test_cli_warns_in_one_line_and_records_the_figure(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("psfsim: warning: the lens small does not describe this image")
     frac = json.loads((tmp_path / "w.npy.json").read_text())["out_of_band_fraction"]
     assert frac > OUT_OF_BAND_WARN and f"{100 * frac:.1f} %" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["blur", "wiener", "rl"])
+def test_nan_policy_fill_from_the_command_line(command, tmp_path, capsys):
+    """FITS blanks / dead pixels: refused by default; --nan-policy fill restores the rest and leaves exactly the
+    masked pixels NaN (recorded in OUT.json); PNG cannot hold them."""
+    import json
+
+    from psfsim.cli import main
+
+    (tmp_path / "lens.toml").write_text(_NAN_LENS)
+    img = np.random.default_rng(3).random((48, 48)).astype(np.float32)
+    img[5, 7] = np.nan
+    img[30:32, 20] = np.inf
+    np.save(tmp_path / "img.npy", img)
+    base = [command, "--lens", str(tmp_path / "lens.toml"), "--input", str(tmp_path / "img.npy")]
+    extra = ["--iters", "3"] if command == "rl" else []
+    assert main(base + ["--out", str(tmp_path / "a.npy")] + extra) == 2
+    assert "NaN or inf" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b.npy"), "--nan-policy", "fill"] + extra) == 0
+    out = np.load(tmp_path / "b.npy")
+    np.testing.assert_array_equal(~np.isfinite(out), ~np.isfinite(img))
+    rec = json.loads((tmp_path / "b.npy.json").read_text())
+    assert rec["nan_policy"] == "fill" and rec["masked_pixels"] == 3
+    assert main(base + ["--out", str(tmp_path / "c.png"), "--nan-policy", "fill"] + extra) == 2
+    assert "PNG cannot hold" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+
+
+_NAN_LENS = """\
+name = "small"
+[optics]
+wavelength_nm = 520.0
+na = 0.4
+pixel_pitch_um = 0.325
+[field]
+shape_px = [64, 64]
+[psf]
+size_px = 33
+oversample = 4
+"""
