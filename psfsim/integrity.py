@@ -189,7 +189,8 @@ class WriterLock:
 # -- temporaries ---------------------------------------------------------------------------------------------
 def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove the temporaries of output ``path`` left by killed writers: entries ``.NAME.*`` beside it ending
-    in ``.creating`` or containing ``.tmp`` (the names :mod:`psfsim.store` uses). Call it only while holding
+    with a part ``creating`` or ``tmp...`` (``.NAME.XXXX.creating``, ``.NAME.XXXX.tmp.h5``,
+    ``.NAME.creating-PID``: the names :mod:`psfsim.store` uses). Call it only while holding
     ``path``'s :class:`WriterLock`: then no live writer of ``path`` can own them. Returns what was removed."""
     p = Path(os.path.abspath(path))
     removed = []
@@ -203,7 +204,8 @@ def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not n.startswith(prefix) or n == f".{p.name}.lock":
             continue
         rest = n[len(prefix):]
-        if not (".creating" in rest or ".tmp" in rest or rest.startswith("tmp")):
+        tokens = rest.replace("-", ".").split(".")
+        if not any(t == "creating" or t.startswith("tmp") for t in tokens):
             continue
         try:
             if e.is_dir() and not e.is_symlink():

@@ -203,6 +203,9 @@ def _repair(g, v, out: Path) -> int:
             g.attrs["complete"] = False
         for b in bad:
             g["done"][b] = 0
+            for k in ARRAYS:  # a damaged shard is removed, not patched (zarr may read it to update it)
+                key = g[k].metadata.encode_chunk_key((b, 0, 0))
+                (out / k / key).unlink(missing_ok=True)
     return len(bad)
 
 
