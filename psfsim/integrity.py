@@ -66,6 +66,15 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _pid_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot, ``/proc/PID/stat``), to tell a reused PID."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def lock_path(path: str | os.PathLike) -> Path:
     """The lock file of output ``path``: ``.NAME.lock`` beside it (outside it, so it survives its replacement)."""
     p = Path(os.path.abspath(path))
@@ -97,8 +106,14 @@ def describe_holder(h: dict) -> str:
 
 
 def _stale(h: dict) -> bool:
+    """Left by a process of this host that is gone (dead, or its PID now belongs to a process started later)."""
     pid = h.get("pid")
-    return h.get("host") == _HOST and isinstance(pid, int) and not isinstance(pid, bool) and not pid_alive(pid)
+    if h.get("host") != _HOST or not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    if not pid_alive(pid):
+        return True
+    start = h.get("pid_start")
+    return isinstance(start, int) and _pid_start(pid) not in (None, start)
 
 
 def lock_holder(path: str | os.PathLike) -> dict | None:
@@ -133,7 +148,8 @@ class WriterLock:
         self.lock = lock_path(path)
         self.run_id = run_id or new_run_id()
         self.what = what
-        self.holder = {"host": _HOST, "pid": os.getpid(), "run_id": self.run_id, "what": what,
+        self.holder = {"host": _HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()), "run_id": self.run_id,
+                       "what": what,
                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self._held = False
 

@@ -265,14 +265,22 @@ def _check_free_chunks(path, name: str, shape: tuple, chunks: tuple) -> None:
         raise _bad(path, f"array {name!r} chunks", chunks, f"at most {MAX_FREE_CHUNKS} chunks over its shape {shape}")
 
 
+def _read(path, group, name: str) -> np.ndarray:
+    try:
+        return np.asarray(group[name][:])
+    except Exception as e:  # noqa: BLE001 - a damaged chunk (decode or checksum error): one line
+        raise PsfsimError(f"{path}: array {name!r} is unreadable ({type(e).__name__}: {safe_text(e, 120)}); "
+                          "regenerate the store (simulate --overwrite)") from None
+
+
 def _read_values(path, group, spec: SimulationSpec, lens) -> tuple[np.ndarray, np.ndarray]:
     """``split`` codes and window ``origin``s, checked to index what they index."""
-    codes = np.asarray(group["split"][:])
+    codes = _read(path, group, "split")
     bad = np.flatnonzero(codes >= len(SPLIT_NAMES))
     if bad.size:
         raise _bad(path, f"array 'split' at sample {int(bad[0])}", int(codes[bad[0]]),
                    f"a code < {len(SPLIT_NAMES)} (an index into split_names)")
-    origins = np.asarray(group["origin"][:], np.int64)
+    origins = _read(path, group, "origin").astype(np.int64)
     H, W = lens.field.shape_px
     h, w = spec.size
     hi = np.array([H - h, W - w])

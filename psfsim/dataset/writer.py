@@ -272,6 +272,9 @@ def _simulate_locked(spec, out: Path, lens, source, run_id: str, *, workers, ove
     if fresh:
         _create_store(out, spec, lens, source, command, extra)
     g = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    if _CTX is None or _CTX.spec != spec:  # built here once; forked workers inherit it
+        _init_worker(spec.to_json(), single_thread=False)
+    _check_operator(g, out)  # before anything in the store changes
     g.attrs["run_id"] = run_id  # blocks check it: a store replaced under this run is never written into
     v = validate_store(out)  # what the resume relies on: block, done's length, the arrays' shapes
     repaired = 0 if fresh else _repair(g, v, out)
@@ -292,9 +295,6 @@ def _simulate_locked(spec, out: Path, lens, source, run_id: str, *, workers, ove
     stats: dict = {}
     with tqdm(total=spec.n, initial=spec.n - n_missing,
               desc="simulate", unit="sample", disable=not progress, file=sys.stderr) as bar:
-        if _CTX is None or _CTX.spec != spec:  # built here once; forked workers inherit it
-            _init_worker(spec.to_json(), single_thread=False)
-        _check_operator(g, out)
         if workers == 1:
             for b in todo:
                 _, k, st = _run_block(str(out), b, block, run_id)

@@ -57,6 +57,9 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     with WriterLock(out):
         pass
     assert "taking over the lock" in capsys.readouterr().err
+    # a live PID that started after the lock was written is another process: the lock is stale
+    lock_path(out).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "pid_start": 1}))
+    assert lock_holder(out) is None
     # another host's lock is never taken over (its PID means nothing here)
     lock_path(out).write_text(json.dumps({"host": "elsewhere", "pid": _dead_pid(), "run_id": "r"}))
     with pytest.raises(psfsim.PsfsimError, match="on elsewhere"):
@@ -163,6 +166,14 @@ def test_corrupt_done_marker_is_not_done(ref, tmp_path, capsys):
     assert err.count("\n") == 1 and "'done' marker of block(s) 2 is unreadable" in err
     assert simulate(_spec(), d, progress=False)["samples_written"] == 2
     _same(ref, d)
+
+
+def test_damaged_split_is_one_line(ref, tmp_path, capsys):
+    d = _copy(ref, tmp_path)
+    (d / "split" / "c" / "0").write_bytes(b"not zstd")
+    assert main(["verify", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "array 'split' is unreadable" in err
 
 
 def test_second_writer_is_refused_naming_the_holder(ref, tmp_path):
