@@ -11,7 +11,8 @@ Nothing here knows about datasets: :mod:`psfsim.dataset` and ``pipelines`` build
   record or cannot be read.
 * :func:`clean_stale_temporaries` — remove the temporaries (``.NAME.*.creating``, ``.NAME.*.tmp*``) that a killed
   writer left beside an output; called while holding the output's lock, so none of them can be in use.
-* :func:`terminate_as_exception` — SIGTERM raises :class:`Terminated` (a clean stop, like Ctrl-C) while active.
+* :func:`terminate_as_exception` — SIGTERM raises :class:`Terminated` (a clean stop, like Ctrl-C) while active,
+  at once or at the caller's next ``check()`` between units of work.
 * :func:`die_with_parent` — a child process is killed when its parent dies (Linux ``PR_SET_PDEATHSIG``), and
   :func:`parent_alive` for a check between units of work elsewhere.
 """
@@ -38,7 +39,7 @@ import numpy as np
 from .errors import PsfsimError
 
 __all__ = ["WriterLock", "lock_path", "lock_holder", "describe_holder", "pid_alive", "digest_arrays",
-           "verify_blocks", "clean_stale_temporaries", "Terminated", "terminate_as_exception", "die_with_parent",
+           "verify_blocks", "clean_stale_temporaries", "Terminated", "StopRequest", "terminate_as_exception", "die_with_parent",
            "parent_alive", "new_run_id"]
 
 _HOST = socket.gethostname()
@@ -285,21 +286,38 @@ class Terminated(BaseException):
     """SIGTERM arrived (raised by :func:`terminate_as_exception`): stop cleanly, exit 143."""
 
 
+class StopRequest:
+    """What :func:`terminate_as_exception` yields: ``requested`` once SIGTERM arrived (deferred mode)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def check(self) -> None:
+        """Raise :class:`Terminated` if SIGTERM arrived: call it between units of work."""
+        if self.requested:
+            raise Terminated()
+
+
 @contextlib.contextmanager
-def terminate_as_exception():
-    """While active (main thread only), SIGTERM raises :class:`Terminated` in the main thread."""
+def terminate_as_exception(*, deferred: bool = False):
+    """While active (main thread only), SIGTERM raises :class:`Terminated` in the main thread, or, ``deferred``,
+    only marks the yielded :class:`StopRequest` (the caller calls ``check()`` between units of work, so a unit
+    that is writing is never interrupted half-way)."""
     import threading
 
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
     def handler(signum, frame):
-        raise Terminated()
+        stop.requested = True
+        if not deferred:
+            raise Terminated()
 
     old = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signal.SIGTERM, old)
 

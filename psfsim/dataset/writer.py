@@ -253,13 +253,14 @@ def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, 
         raise PsfsimError(f"--out {out}: exists and is not a folder")
     if not out.parent.exists():
         raise PsfsimError(f"--out {out}: folder {out.parent} does not exist")
-    with WriterLock(out, what="simulate") as lock, terminate_as_exception():
+    # in this process (workers == 1) SIGTERM takes effect between blocks: a block's write is never cut half-way
+    with WriterLock(out, what="simulate") as lock, terminate_as_exception(deferred=workers == 1) as stop:
         clean_stale_temporaries(out)
-        return _simulate_locked(spec, out, lens, source, lock.run_id, workers=workers, overwrite=overwrite,
+        return _simulate_locked(spec, out, lens, source, lock.run_id, stop, workers=workers, overwrite=overwrite,
                                 progress=progress, command=command, max_blocks=max_blocks)
 
 
-def _simulate_locked(spec, out: Path, lens, source, run_id: str, *, workers, overwrite, progress, command,
+def _simulate_locked(spec, out: Path, lens, source, run_id: str, stop, *, workers, overwrite, progress, command,
                      max_blocks) -> dict:
     import zarr
 
@@ -297,6 +298,7 @@ def _simulate_locked(spec, out: Path, lens, source, run_id: str, *, workers, ove
               desc="simulate", unit="sample", disable=not progress, file=sys.stderr) as bar:
         if workers == 1:
             for b in todo:
+                stop.check()
                 _, k, st = _run_block(str(out), b, block, run_id)
                 for key, val in st.items():
                     stats[key] = stats.get(key, 0.0) + val
@@ -325,6 +327,7 @@ def _simulate_locked(spec, out: Path, lens, source, run_id: str, *, workers, ove
                 raise
             ex.shutdown(wait=True)
     elapsed = time.perf_counter() - t0
+    stop.check()
     g = zarr.open_group(str(out), mode="r+", use_consolidated=False)
     complete = bool(np.all(validate_store(out).blocks_done() == 1))
     if complete and not g.attrs.get("complete"):

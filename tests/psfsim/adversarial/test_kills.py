@@ -33,12 +33,12 @@ pupil_samples = 32
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def _start(tmp_path, out, *extra):
+def _start(tmp_path, out, *extra, workers="2", n="400"):
     lens = tmp_path / "tiny.toml"
     lens.write_text(TINY_TOML)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "psfsim.cli", "simulate", "--lens", str(lens), "--source", "stars", "--n", "400",
-           "--size", "32,32", "--out", str(out), "--workers", "2", "--photons", "100", *extra]
+    cmd = [sys.executable, "-m", "psfsim.cli", "simulate", "--lens", str(lens), "--source", "stars", "--n", n,
+           "--size", "32,32", "--out", str(out), "--workers", workers, "--photons", "100", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -98,6 +98,27 @@ def test_kill_main_process_only_leaves_nothing_running(tmp_path, sig):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_sigterm_in_process_stops_between_blocks(tmp_path):
+    """``--workers 1``: SIGTERM takes effect after the running block: exit 143, one message, no traceback, and
+    every block marked done verifies."""
+    from psfsim.dataset import verify_dataset
+
+    out = tmp_path / "d.zarr"
+    p = _start(tmp_path, out, workers="1", n="3000")
+    try:
+        assert _wait(lambda: _done(out) >= 2), p.communicate()
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=30) == 143
+        err = p.stderr.read()
+        assert "terminated (SIGTERM)" in err and "Traceback" not in err and "Task" not in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    r = verify_dataset(out)
+    assert r.ok and 2 <= r.written < r.n_blocks and not (tmp_path / ".d.zarr.lock").exists()
 
 
 @pytest.mark.slow
