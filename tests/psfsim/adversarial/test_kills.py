@@ -81,6 +81,7 @@ def _alive(pid) -> bool:
 def test_kill_main_process_only_leaves_nothing_running(tmp_path, sig):
     out = tmp_path / "d.zarr"
     p = _start(tmp_path, out)
+    kids: set[int] = set()
     try:
         assert _wait(lambda: _done(out) >= 1), p.communicate()
         kids = _children(p.pid)
@@ -98,6 +99,9 @@ def test_kill_main_process_only_leaves_nothing_running(tmp_path, sig):
         if p.poll() is None:
             p.kill()
             p.wait()
+        for k in kids:  # a failed test leaves no orphan behind
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)
 
 
 def test_sigterm_in_process_stops_between_blocks(tmp_path):
