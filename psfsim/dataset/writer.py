@@ -91,14 +91,14 @@ def _run_block(path: str, b: int, block: int, run_id: str, parent: int | None = 
     return b, i1 - i0, stages
 
 
-def _create_store(path: Path, spec: SimulationSpec, lens, source, command: str, extra: dict) -> None:
+def _create_store(path: Path, spec: SimulationSpec, lens, source, command: str, extra: dict | None = None) -> None:
     """Create the group and its arrays in a temporary folder, then swap it in for ``path`` (which, if it
     exists, is empty or a psfsim dataset being overwritten): never a half-created store, and the old one is
     only removed once the new one is ready."""
     from ..store import atomic_dir
 
     with atomic_dir(path, replace=True) as tmp:
-        _populate_store(tmp, spec, lens, source, command, extra)
+        _populate_store(tmp, spec, lens, source, command, extra or {})
 
 
 def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str, extra: dict) -> None:
