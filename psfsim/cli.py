@@ -95,10 +95,27 @@ def cmd_info(args) -> int:
     if target.is_dir():  # a folder can only be a dataset store: a store error, never "lens ... is not a file"
         from .report import dataset_summary
 
+        if getattr(args, "verify", False):
+            from .dataset.verify import verify_report
+
+            ok, text = verify_report(target)
+            print(text)
+            if not ok:
+                return 1
         print(dataset_summary(target))
         return 0
+    if getattr(args, "verify", False):
+        raise PsfsimError(f"--verify: {args.target} is not a dataset folder (only a dataset can be verified)")
     print(lens_summary(load_lens(args.target)))
     return 0
+
+
+def cmd_verify(args) -> int:
+    from .dataset.verify import verify_report
+
+    ok, text = verify_report(args.dataset)
+    print(text)
+    return 0 if ok else 1
 
 
 def cmd_simulate(args) -> int:
@@ -121,13 +138,22 @@ def cmd_simulate(args) -> int:
     command = "psfsim " + " ".join(shlex.quote(a) for a in args._argv)
     from .fft import default_workers
 
-    res = simulate(spec, args.out, workers=args.workers or default_workers(), overwrite=args.overwrite, progress=True, command=command)
+    from .integrity import Terminated
+
+    try:
+        res = simulate(spec, args.out, workers=args.workers or default_workers(), overwrite=args.overwrite,
+                       progress=True, command=command)
+    except (Terminated, KeyboardInterrupt) as e:
+        term = isinstance(e, Terminated)
+        print(f"psfsim: {'terminated (SIGTERM)' if term else 'interrupted'}: the finished blocks of {args.out} are "
+              "kept; run the same command again to finish it", file=sys.stderr)
+        return 143 if term else 130
     st = res["stage_seconds"]
     total = sum(st.values())
     share = (" (worker time: " + ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in st.items()) + ")") if total > 0 else ""
     print(f"{res['samples_written']} samples written in {res['elapsed_s']:.1f} s: {res['rate']:.1f} samples/s{share}; "
           f"{'complete' if res['complete'] else 'INCOMPLETE'} -> {args.out}")
-    return 0
+    return 0 if res["complete"] else 1
 
 
 def cmd_export(args) -> int:
@@ -339,7 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("info", help="summary of a lens or of a dataset (DATA.zarr)")
     sp.add_argument("target", help=lens_help + ", or a dataset folder")
+    sp.add_argument("--verify", action="store_true", help="dataset: first check every block against its digest")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("verify", help="check every written block of a dataset against its recorded digest")
+    sp.add_argument("dataset", help="DATA.zarr folder")
+    sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("simulate", help="write a training dataset (Zarr v3): sharp, blurred, Wiener baselines")
     sp.add_argument("--lens", required=True, help=lens_help)

@@ -168,6 +168,13 @@ def dataset_summary(path: str | os.PathLike, *, max_eval: int = 200) -> str:
         f"operator        rank {a['operator']['rank']}, grid {a['operator']['grid'][0]}x{a['operator']['grid'][1]}",
         f"created         {safe_text(a['created'], 40)} by psfsim {safe_text(a['psfsim_version'], 40)}",
     ]
+    env = a.get("environment")
+    if isinstance(env, dict):
+        lines.append("environment     " + ", ".join(f"{safe_text(k, 20)} {safe_text(v, 40)}" for k, v in env.items()))
+    src = a.get("sources")
+    if isinstance(src, list) and src:
+        lines.append(f"source files    {len(src)} pinned (name, size, SHA-256; a resume refuses changed files)")
+    lines.append("integrity       CRC32C per chunk, SHA-256 per block (check them: psfsim verify)")
     test = splits.get("test", np.array([], np.int64))
     which = "test split" if test.size else "all samples (empty test split)"
     idx = (test if test.size else np.arange(len(r)))[:max_eval]

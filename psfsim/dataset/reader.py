@@ -39,9 +39,18 @@ def open_dataset(path: str | os.PathLike, *, allow_incomplete: bool = False):
 
 def open_validated(path: str | os.PathLike, *, allow_incomplete: bool = False) -> ValidatedStore:
     """:func:`validate_store`, then refuse an incomplete store unless ``allow_incomplete``."""
+    from ..integrity import describe_holder, lock_holder
+
     v = validate_store(path)
+    if v.inconsistent and not allow_incomplete:
+        raise PsfsimError(f"{v.path}: its bookkeeping disagrees with itself: {v.inconsistent}; repair it by running "
+                          f"the same command again: {safe_text(simulate_command(v.spec, v.path), 4000)}")
     if not v.complete and not allow_incomplete:
         done = v.blocks_done()
+        holder = lock_holder(v.path)
+        if holder:
+            raise PsfsimError(f"{v.path}: being written by {describe_holder(holder)} ({int(np.sum(done == 1))} of "
+                              f"{v.n_blocks} blocks so far); wait for it to finish")
         raise PsfsimError(f"{v.path}: incomplete dataset ({int(np.sum(done == 1))} of {v.n_blocks} blocks written); "
                           f"finish it by running the same command again: {safe_text(simulate_command(v.spec, v.path), 4000)}")
     return v
@@ -119,7 +128,7 @@ class DatasetBatch:
 
 
 class DatasetReader:
-    """Typed, picklable access to a complete dataset store (format ``psfsim-dataset/2``).
+    """Typed, picklable access to a complete dataset store (format ``psfsim-dataset/3``).
 
     Parameters
     ----------

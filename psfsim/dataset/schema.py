@@ -25,7 +25,7 @@ from ..report import safe_text
 from .spec import ARRAYS, FORMAT, SPLIT_NAMES, SimulationSpec, check_spec_values
 
 __all__ = ["ValidatedStore", "validate_store", "open_group", "block_size", "MAX_METADATA_BYTES", "MAX_PSF_GRID_BYTES",
-           "MAX_FREE_CHUNKS"]
+           "MAX_FREE_CHUNKS", "read_done"]
 
 #: Largest ``zarr.json`` read (the root one holds every array's metadata once consolidated).
 MAX_METADATA_BYTES = 16 * 2**20
@@ -59,6 +59,11 @@ class ValidatedStore:
         Built from ``spec.lens`` (without the PSF-box check or Nyquist warning, done when it was written).
     block, n_blocks : int
     complete : bool
+        The ``complete`` attribute *and* every block marked written in ``done`` (completeness is derived from
+        the bookkeeping, never taken from the flag alone).
+    inconsistent : str or None
+        Why the bookkeeping disagrees with itself (``complete`` true with blocks not written, a ``done`` marker
+        that is unreadable or neither 0 nor 1), or ``None``. Readers refuse such a store; a resume repairs it.
     split_codes : ndarray, shape (N,), uint8
     origins : ndarray, shape (N, 2), int64
     """
@@ -73,10 +78,31 @@ class ValidatedStore:
     complete: bool
     split_codes: np.ndarray
     origins: np.ndarray
+    inconsistent: str | None = None
 
     def blocks_done(self) -> np.ndarray:
-        """The ``done`` array: ``(n_blocks,)`` uint8, 1 for every block written."""
-        return np.asarray(self.group["done"][:])
+        """The ``done`` array: ``(n_blocks,)`` uint8, 1 for every block written (re-read each call); a marker that
+        cannot be read, or holds anything but 0 or 1, counts as not written (0)."""
+        return read_done(self.group, self.n_blocks)[0]
+
+
+def read_done(group, n_blocks: int) -> tuple[np.ndarray, list[int]]:
+    """``(done, damaged)``: the ``done`` markers (unreadable or invalid ones as 0) and the blocks whose marker was
+    unreadable or not 0 / 1."""
+    try:
+        raw = np.asarray(group["done"][:]).astype(np.int64)
+        ok = np.ones(n_blocks, bool)
+    except Exception:  # noqa: BLE001 - a damaged marker (zstd error, truncated file): one by one
+        raw = np.zeros(n_blocks, np.int64)
+        ok = np.ones(n_blocks, bool)
+        for b in range(n_blocks):
+            try:
+                raw[b] = int(np.asarray(group["done"][b]))
+            except Exception:  # noqa: BLE001
+                ok[b] = False
+    ok &= (raw == 0) | (raw == 1)
+    done = np.where(ok, raw, 0).astype(np.uint8)
+    return done, [int(b) for b in np.flatnonzero(~ok)]
 
 
 def _show(value) -> str:
@@ -206,6 +232,7 @@ def _expected_arrays(spec: SimulationSpec, lens, attrs: dict, block: int, n_bloc
     exp["psf_grid_x"] = ((ny, nx), "float32", None, None, ("gy", "gx"))
     exp["psf_grid_y"] = ((ny, nx), "float32", None, None, ("gy", "gx"))
     exp["done"] = ((n_blocks,), "uint8", (1,), None, ("block",))
+    exp["digest"] = ((n_blocks, 32), "uint8", (1, 32), None, ("block", "byte"))
     return exp
 
 
@@ -238,14 +265,22 @@ def _check_free_chunks(path, name: str, shape: tuple, chunks: tuple) -> None:
         raise _bad(path, f"array {name!r} chunks", chunks, f"at most {MAX_FREE_CHUNKS} chunks over its shape {shape}")
 
 
+def _read(path, group, name: str) -> np.ndarray:
+    try:
+        return np.asarray(group[name][:])
+    except Exception as e:  # noqa: BLE001 - a damaged chunk (decode or checksum error): one line
+        raise PsfsimError(f"{path}: array {name!r} is unreadable ({type(e).__name__}: {safe_text(e, 120)}); "
+                          "regenerate the store (simulate --overwrite)") from None
+
+
 def _read_values(path, group, spec: SimulationSpec, lens) -> tuple[np.ndarray, np.ndarray]:
     """``split`` codes and window ``origin``s, checked to index what they index."""
-    codes = np.asarray(group["split"][:])
+    codes = _read(path, group, "split")
     bad = np.flatnonzero(codes >= len(SPLIT_NAMES))
     if bad.size:
         raise _bad(path, f"array 'split' at sample {int(bad[0])}", int(codes[bad[0]]),
                    f"a code < {len(SPLIT_NAMES)} (an index into split_names)")
-    origins = np.asarray(group["origin"][:], np.int64)
+    origins = _read(path, group, "origin").astype(np.int64)
     H, W = lens.field.shape_px
     h, w = spec.size
     hi = np.array([H - h, W - w])
@@ -308,5 +343,15 @@ def validate_store(path: str | os.PathLike, group=None) -> ValidatedStore:
     for name, exp in _expected_arrays(spec, lens, attrs, block, n_blocks).items():
         _check_array(p, g, name, exp)
     codes, origins = _read_values(p, g, spec, lens)
+    done, damaged = read_done(g, n_blocks)
+    why = None
+    if damaged:
+        why = (f"the 'done' marker of block(s) {', '.join(map(str, damaged[:10]))} is unreadable or not 0 / 1 "
+               "(counted as not written)")
+    elif attrs["complete"] and not np.all(done == 1):
+        missing = np.flatnonzero(done == 0)
+        why = (f"attribute 'complete' is true but {missing.size} of {n_blocks} blocks are not marked written "
+               f"(first: {int(missing[0])})")
+    complete = bool(attrs["complete"] and np.all(done == 1))
     return ValidatedStore(path=p, group=g, attrs=attrs, spec=spec, lens=lens, block=block, n_blocks=n_blocks,
-                          complete=attrs["complete"], split_codes=codes, origins=origins)
+                          complete=complete, split_codes=codes, origins=origins, inconsistent=why)

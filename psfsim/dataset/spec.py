@@ -17,7 +17,7 @@ __all__ = ["SimulationSpec", "validate_spec", "check_spec_values", "sample_origi
            "simulate_command", "SPLIT_NAMES", "FORMAT", "ARRAYS", "MAX_SAMPLES", "MAX_SAMPLE_PIXELS"]
 
 #: Store format written by this version; readers refuse any other.
-FORMAT = "psfsim-dataset/2"
+FORMAT = "psfsim-dataset/3"
 #: The per-sample image arrays, each ``(N, H, W)`` float32.
 ARRAYS = ("sharp", "blurred", "wiener", "wiener_sv")
 #: Split names, in the order of their codes in the ``split`` array (0, 1, 2).

@@ -15,10 +15,14 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import PsfsimError
+from ..integrity import (WriterLock, clean_stale_temporaries, die_with_parent, digest_arrays, parent_alive,
+                         terminate_as_exception)
 from ..report import safe_text
 from .sample import SampleContext, make_sample
 from .schema import block_size, open_group, validate_store
 from .spec import ARRAYS, FORMAT, SPLIT_NAMES, SimulationSpec, sample_origins, split_codes, validate_spec
+from .verify import (DIGEST_BYTES, absolute_source, describe_spec_difference, environment, environment_difference,
+                     source_difference, source_files, verify_dataset)
 
 __all__ = ["simulate", "NORMALISATION_KIND"]
 
@@ -28,24 +32,41 @@ NORMALISATION_KIND = "source_region_max"
 _CTX: SampleContext | None = None
 
 
-def _init_worker(spec_json: dict, single_thread: bool = True) -> None:
+def _init_worker(spec_json: dict, single_thread: bool = True, child: bool = False) -> None:
     """Per-process set-up. Worker processes run single-threaded (FFT and BLAS): parallelism is across
     samples, and BLAS threads inherited through fork would oversubscribe the cores (measured: 2 workers
-    went from 33 to 68 samples/s)."""
+    went from 33 to 68 samples/s). A worker (``child``) dies with its parent (``PR_SET_PDEATHSIG``) and ignores
+    SIGTERM: the main process handles it (finishes the running blocks, drops the queued ones)."""
     global _CTX
+    if child:
+        import signal
+
+        die_with_parent()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if single_thread:
         from threadpoolctl import threadpool_limits
 
         os.environ["PSFSIM_FFT_THREADS"] = "1"
         threadpool_limits(1)
-    _CTX = SampleContext(SimulationSpec.from_json(spec_json))
+    spec = SimulationSpec.from_json(spec_json)
+    if _CTX is None or _CTX.spec != spec:  # forked from a parent that built it already: reuse it
+        _CTX = SampleContext(spec)
 
 
-def _run_block(path: str, b: int, block: int) -> tuple[int, int, dict]:
+def _check_run(g, run_id: str, path: str) -> None:
+    if g.attrs.get("run_id") != run_id:
+        raise PsfsimError(f"{path}: the store was replaced or taken over by another run while this one was "
+                          "writing it; this run stops without writing (run simulate again)")
+
+
+def _run_block(path: str, b: int, block: int, run_id: str, parent: int | None = None) -> tuple[int, int, dict]:
     import zarr
 
+    if parent is not None and not parent_alive(parent):  # the main process is gone: write nothing more
+        os._exit(1)
     ctx = _CTX
-    g = zarr.open_group(path, mode="r+")
+    g = zarr.open_group(path, mode="r+", use_consolidated=False)
+    _check_run(g, run_id, path)
     n = ctx.spec.n
     i0, i1 = b * block, min((b + 1) * block, n)
     origins = g["origin"][i0:i1]
@@ -57,25 +78,32 @@ def _run_block(path: str, b: int, block: int) -> tuple[int, int, dict]:
         for k in ARRAYS:
             out[k][j] = getattr(s, k)
     t = time.perf_counter()
+    digest = digest_arrays(out[k] for k in ARRAYS)
+    stages["digest"] = time.perf_counter() - t
+    t = time.perf_counter()
     for k in ARRAYS:
         g[k][i0:i1] = out[k]
-    g["done"][b] = 1  # last: a block is complete only once all its arrays are written
+    g = zarr.open_group(path, mode="r+", use_consolidated=False)  # re-read: still the store of this run?
+    _check_run(g, run_id, path)
+    g["digest"][b] = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    g["done"][b] = 1  # last: a block is complete only once all its arrays and its digest are written
     stages["write"] = time.perf_counter() - t
     return b, i1 - i0, stages
 
 
-def _create_store(path: Path, spec: SimulationSpec, lens, source, command: str) -> None:
+def _create_store(path: Path, spec: SimulationSpec, lens, source, command: str, extra: dict | None = None) -> None:
     """Create the group and its arrays in a temporary folder, then swap it in for ``path`` (which, if it
     exists, is empty or a psfsim dataset being overwritten): never a half-created store, and the old one is
     only removed once the new one is ready."""
     from ..store import atomic_dir
 
     with atomic_dir(path, replace=True) as tmp:
-        _populate_store(tmp, spec, lens, source, command)
+        _populate_store(tmp, spec, lens, source, command, extra or {})
 
 
-def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str) -> None:
+def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str, extra: dict) -> None:
     import zarr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
     from ..operators import lowrank_basis
 
@@ -85,6 +113,7 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str)
     g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     for k in ARRAYS:
         g.create_array(k, shape=(n, h, w), dtype="float32", chunks=(1, h, w), shards=(block, h, w),
+                       compressors=[ZstdCodec(level=0), Crc32cCodec()],  # a checksum on every chunk
                        dimension_names=("sample", "y", "x"), fill_value=np.float32(np.nan))
     origins = sample_origins(spec, lens.field.shape_px, np.arange(n))
     a = g.create_array("origin", shape=(n, 2), dtype="int32", chunks=(n, 2), fill_value=-1,
@@ -100,6 +129,8 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str)
     g.create_array("psf_grid_y", data=gy.astype(np.float32), dimension_names=("gy", "gx"))
     nb = -(-n // block)
     g.create_array("done", shape=(nb,), dtype="uint8", chunks=(1,), fill_value=0, dimension_names=("block",))
+    g.create_array("digest", shape=(nb, DIGEST_BYTES), dtype="uint8", chunks=(1, DIGEST_BYTES), fill_value=0,
+                   dimension_names=("block", "byte"))
     ny, nx = len(basis.rows), len(basis.cols)
     margin = lens.psf_sampling.size_px // 2
     g.attrs.update({
@@ -123,13 +154,15 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str)
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "complete": False,
+        **extra,
     })
 
 
-def _existing_store(out: Path, spec: SimulationSpec, overwrite: bool) -> bool:
+def _existing_store(out: Path, spec: SimulationSpec, overwrite: bool, sources: list, env: dict) -> bool:
     """Whether ``out`` (an existing, non-empty folder) must be created afresh; refuse what is not ours, and a
-    store of ours that is of another format, written with other arguments or broken (naming what is wrong),
-    unless ``overwrite``. A store that is resumed passes :func:`validate_store` first."""
+    store of ours that is of another format, written with other arguments, from other source files, with an
+    environment that changes results, or broken (naming what is wrong), unless ``overwrite``. A store that is
+    resumed passes :func:`validate_store` first."""
     try:
         fmt = open_group(out).attrs.get("format")
     except PsfsimError:
@@ -142,25 +175,54 @@ def _existing_store(out: Path, spec: SimulationSpec, overwrite: bool) -> bool:
                               f"{FORMAT}); nothing was changed (use --overwrite to regenerate it)")
         return True
     try:
-        old = validate_store(out).spec
+        v = validate_store(out)
     except PsfsimError as e:
         if overwrite:
             return True
         raise PsfsimError(f"{e}; nothing was changed (use --overwrite to replace it)") from None
-    if old.to_json() != spec.to_json():
+    why = (describe_spec_difference(v.spec, spec) or source_difference(v.attrs.get("sources"), sources)
+           or environment_difference(v.attrs.get("environment"), env))
+    if why:
         if not overwrite:
-            raise PsfsimError(f"{out} was written with different arguments; nothing was changed (use --overwrite to replace it)")
+            raise PsfsimError(f"{out} was written with different arguments ({why}); nothing was changed "
+                              "(use --overwrite to replace it)")
         return True
     return False
+
+
+def _repair(g, v, out: Path) -> int:
+    """Before a resume: blocks marked done that fail verification (or whose marker is unreadable) are marked
+    not done, so that this run recomputes them; returns how many."""
+    res = verify_dataset(v)
+    bad = sorted(res.bad)
+    if bad:
+        shown = ", ".join(str(b) for b in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        print(f"psfsim: {out}: {len(bad)} written block(s) fail verification ({shown}; first: "
+              f"{res.bad[bad[0]]}); recomputing them", file=sys.stderr)
+        if g.attrs.get("complete"):
+            g.attrs["complete"] = False
+        for b in bad:
+            g["done"][b] = 0
+            for k in ARRAYS:  # a damaged shard is removed, not patched (zarr may read it to update it)
+                key = g[k].metadata.encode_chunk_key((b, 0, 0))
+                (out / k / key).unlink(missing_ok=True)
+    return len(bad)
 
 
 def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, overwrite: bool = False,
              progress: bool = True, command: str = "", max_blocks: int | None = None) -> dict:
     """Write (or finish) the dataset of ``spec`` at ``out``. Returns timing figures.
 
+    One writer at a time: the run holds ``out``'s :class:`~psfsim.integrity.WriterLock` throughout (a second
+    writer is refused naming the first) and every block checks the store's ``run_id`` before writing. A resume
+    first verifies the blocks already written (their per-block digests) and recomputes those that fail; it is
+    refused when the source files, the FFT backend or the package versions changed. SIGTERM stops it like
+    Ctrl-C (:class:`~psfsim.integrity.Terminated`: the running blocks finish, the queued ones are dropped).
+
     Parameters
     ----------
     spec : SimulationSpec
+        A ``source`` naming files or folders is recorded with absolute paths.
     out : path
         The store folder (``DATA.zarr``); created, resumed (same spec), or replaced (``overwrite``).
     workers : int
@@ -170,34 +232,55 @@ def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, 
     progress : bool
         Progress bar on stderr.
     command : str
-        The command line, recorded so that an incomplete store can say how to finish it.
+        The command line, recorded (as provenance only).
     max_blocks : int, optional
         Stop after this many blocks (tests of resumption).
 
     Returns
     -------
     dict
-        ``samples_written``, ``elapsed_s``, ``rate`` (samples/s), ``complete``, ``stage_seconds``.
+        ``samples_written``, ``elapsed_s``, ``rate`` (samples/s), ``complete``, ``stage_seconds``, ``repaired``
+        (blocks recomputed because they failed verification).
     """
-    import zarr
+    import dataclasses
 
     out = Path(out)
+    if workers < 1:
+        raise PsfsimError(f"--workers {workers}: expected >= 1")
+    spec = dataclasses.replace(spec, source=absolute_source(spec.source))
     lens, source = validate_spec(spec)
     if out.exists() and not out.is_dir():
         raise PsfsimError(f"--out {out}: exists and is not a folder")
     if not out.parent.exists():
         raise PsfsimError(f"--out {out}: folder {out.parent} does not exist")
-    if workers < 1:
-        raise PsfsimError(f"--workers {workers}: expected >= 1")
+    # in this process (workers == 1) SIGTERM takes effect between blocks: a block's write is never cut half-way
+    with WriterLock(out, what="simulate") as lock, terminate_as_exception(deferred=workers == 1) as stop:
+        clean_stale_temporaries(out)
+        return _simulate_locked(spec, out, lens, source, lock.run_id, stop, workers=workers, overwrite=overwrite,
+                                progress=progress, command=command, max_blocks=max_blocks)
+
+
+def _simulate_locked(spec, out: Path, lens, source, run_id: str, stop, *, workers, overwrite, progress, command,
+                     max_blocks) -> dict:
+    import zarr
+
+    sources = source_files(spec.source)
+    env = environment(workers)
     fresh = not out.exists() or (out.is_dir() and not any(out.iterdir()))
     if not fresh:
-        fresh = _existing_store(out, spec, overwrite)
+        fresh = _existing_store(out, spec, overwrite, sources, env)
+    extra = {"run_id": run_id, "sources": sources, "environment": env}
     if fresh:
-        _create_store(out, spec, lens, source, command)
+        _create_store(out, spec, lens, source, command, extra)
+    g = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    if _CTX is None or _CTX.spec != spec:  # built here once; forked workers inherit it
+        _init_worker(spec.to_json(), single_thread=False)
+    _check_operator(g, out)  # before anything in the store changes
+    g.attrs["run_id"] = run_id  # blocks check it: a store replaced under this run is never written into
     v = validate_store(out)  # what the resume relies on: block, done's length, the arrays' shapes
+    repaired = 0 if fresh else _repair(g, v, out)
     block = v.block
     done = v.blocks_done()
-    g = zarr.open_group(str(out), mode="r+")
     todo = [int(b) for b in np.nonzero(done == 0)[0]]
     if max_blocks is not None:
         todo = todo[:max_blocks]
@@ -214,33 +297,39 @@ def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, 
     with tqdm(total=spec.n, initial=spec.n - n_missing,
               desc="simulate", unit="sample", disable=not progress, file=sys.stderr) as bar:
         if workers == 1:
-            if _CTX is None or _CTX.spec != spec:
-                _init_worker(spec.to_json(), single_thread=False)
             for b in todo:
-                _, k, st = _run_block(str(out), b, block)
-                for key, v in st.items():
-                    stats[key] = stats.get(key, 0.0) + v
+                stop.check()
+                _, k, st = _run_block(str(out), b, block, run_id)
+                for key, val in st.items():
+                    stats[key] = stats.get(key, 0.0) + val
                 bar.update(k)
-        else:
+        elif todo:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
 
             ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
-                                     initargs=(spec.to_json(),))
+                                     initargs=(spec.to_json(), True, True))
             try:
-                futs = [ex.submit(_run_block, str(out), b, block) for b in todo]
+                futs = [ex.submit(_run_block, str(out), b, block, run_id, os.getpid()) for b in todo]
                 for f in as_completed(futs):
                     _, k, st = f.result()
-                    for key, v in st.items():
-                        stats[key] = stats.get(key, 0.0) + v
+                    for key, val in st.items():
+                        stats[key] = stats.get(key, 0.0) + val
                     bar.update(k)
+            except BrokenProcessPool:
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise PsfsimError(f"{out}: a worker process died (killed?); the finished blocks are kept: run the "
+                                  "same command again to resume") from None
             except BaseException:
                 # interrupted or failed: drop the queued blocks (finished ones stay; a re-run resumes)
                 ex.shutdown(wait=True, cancel_futures=True)
                 raise
             ex.shutdown(wait=True)
     elapsed = time.perf_counter() - t0
-    complete = bool(np.all(g["done"][:] == 1))
+    stop.check()
+    g = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    complete = bool(np.all(validate_store(out).blocks_done() == 1))
     if complete and not g.attrs.get("complete"):
         g.attrs["complete"] = True
         g.attrs["completed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -250,4 +339,15 @@ def simulate(spec: SimulationSpec, out: str | os.PathLike, *, workers: int = 1, 
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(out))  # one read opens the group and every array's metadata
     return {"samples_written": n_todo, "elapsed_s": elapsed, "rate": n_todo / elapsed if elapsed > 0 else float("inf"),
-            "complete": complete, "stage_seconds": stats}
+            "complete": complete, "stage_seconds": stats, "repaired": repaired}
+
+
+def _check_operator(g, out: Path) -> None:
+    """The blur operator this run builds is the one the store records (rank, grid): else a resume would mix two."""
+    basis = _CTX.basis
+    op = g.attrs.get("operator", {})
+    now = {"rank": basis.rank, "grid": [len(basis.rows), len(basis.cols)]}
+    for k, val in now.items():
+        if op.get(k) != val:
+            raise PsfsimError(f"{out}: this run's blur operator has {k} {val!r}, the store's {safe_text(repr(op.get(k)), 60)}; "
+                              "nothing was changed (the environment changed its computation; use --overwrite)")

@@ -69,7 +69,7 @@ def test_simulate_store_layout_and_metadata(small_lens, tmp_path):
     assert g["split"].dtype == np.uint8 and a["split_names"] == ["train", "val", "test"]
     assert sorted(codes.tolist()) == [0] * 8 + [1] + [2]  # 0.8 / 0.1 / 0.1 of 10 samples
     assert a["psfsim_version"] == psfsim.__version__ and "created" in a
-    assert a["format"] == "psfsim-dataset/2"
+    assert a["format"] == "psfsim-dataset/3"
     assert a["normalisation"]["kind"] == "source_region_max" and a["normalisation"]["margin_px"] == 16
     # the noisy sample has the Poisson-Gaussian variance around its mean (seeded)
     assert not np.array_equal(g["blurred"][0], g["sharp"][0])

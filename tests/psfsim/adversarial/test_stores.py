@@ -272,17 +272,18 @@ def test_info_on_a_folder_that_is_not_a_store(tmp_path, capsys, content):
 
 
 def test_failed_export_removes_its_temporary_file(valid, tmp_path, monkeypatch):
-    """A failure in the middle of an export (here: the third array) leaves neither ``to`` nor a temporary."""
+    """A failure in the middle of an export (here: the third small array) leaves neither ``to``, a temporary nor
+    its lock."""
     import psfsim.dataset.export as export
 
     calls = []
     real = export._copy_array
 
-    def failing(f, arr, name, *, per_sample):
+    def failing(f, arr, name):
         calls.append(name)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        real(f, arr, name, per_sample=per_sample)
+        real(f, arr, name)
 
     monkeypatch.setattr(export, "_copy_array", failing)
     out = tmp_path / "out"
