@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PsfsimError
+from .integrity import Terminated
 from .report import lens_summary, write_grid  # noqa: F401  (moved; still importable from here)
 
 __all__ = ["main", "build_parser"]
@@ -443,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("psfsim: interrupted", file=sys.stderr)
         return 130
+    except Terminated:  # SIGTERM turned into an exception (psfsim.integrity): a clean stop, exit 143
+        print("psfsim: terminated", file=sys.stderr)
+        return 143
     finally:
         warnings.formatwarning = old_format
 

@@ -35,11 +35,11 @@ def lens_summary(lens) -> str:
     far = corners[np.argmax(np.hypot(corners[:, 0], corners[:, 1]))]
     edge_x = float(f.pixel_to_field(f.axis_px[0], W - 1)[0])
     pts = np.array([[0.0, 0.0], [edge_x, 0.0], far])
-    strehl = lens.strehl(pts[:, 0], pts[:, 1])
-    fwhm = lens.fwhm_px(pts[:, 0], pts[:, 1])
-    weights = o.spectral_weights if hasattr(o, "spectral_weights") else o.weights
+    # the axis (and the axis row's edge) may lie off the detector for an off-axis frame: evaluated anyway
+    m = lens.psf_metrics(pts[:, 0], pts[:, 1], allow_outside=True)
+    strehl, fwhm = m.strehl, m.fwhm_px
     wl = ", ".join(f"{w:g}" for w in o.wavelength_nm)
-    wt = ", ".join(f"{w:.3g}" for w in weights)
+    wt = ", ".join(f"{w:.3g}" for w in o.spectral_weights)
     margin = o.nyquist_pitch_um / o.pixel_pitch_um
     lines = [
         f"lens            {lens.name}",

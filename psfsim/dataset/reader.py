@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PsfsimError
+from ..field import field_coords_batch
 from ..report import safe_text
 from .schema import ValidatedStore, validate_store
 from .spec import ARRAYS, SPLIT_NAMES, SimulationSpec, simulate_command
@@ -343,9 +344,6 @@ class DatasetReader:
         same = np.array_equal(uniq, idx)  # already sorted and unique: no reordering copy
         out = {k: (v if same else v[inverse]) for k, v in self._fetch(arrays, uniq).items()}
         fc = None
-        if coords:
-            h, w = self.size
-            fc = np.empty((idx.size, 2, h, w), np.float32)
-            for j, i in enumerate(idx):
-                fc[j] = self.field_coords(int(i))
+        if coords:  # psfsim's one geometry, all windows at once
+            fc = field_coords_batch(self.lens, origins=self.origins[idx], shape=self.size, dtype=np.float32)
         return DatasetBatch(indices=idx, origins=self.origins[idx], field_coords=fc, **out)
