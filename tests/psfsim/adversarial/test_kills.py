@@ -131,11 +131,15 @@ def test_second_writer_is_refused_and_the_store_equals_a_clean_run(tmp_path):
     first = _start(tmp_path, out)
     try:
         assert _wait(lambda: (tmp_path / ".d.zarr.lock").exists() and _done(out) >= 0)
-        for extra in ((), ("--overwrite", "--seed", "8")):
-            second = _start(tmp_path, out, *extra)
-            _, err = second.communicate(timeout=60)
-            assert second.returncode == 2 and f"another writer holds it: PID {first.pid} " in err, err
-            assert err.count("\n") == 1
+        os.kill(first.pid, signal.SIGSTOP)  # the first writer is alive and holds the lock however fast it runs
+        try:
+            for extra in ((), ("--overwrite", "--seed", "8")):
+                second = _start(tmp_path, out, *extra)
+                _, err = second.communicate(timeout=60)
+                assert second.returncode == 2 and f"another writer holds it: PID {first.pid} " in err, err
+                assert err.count("\n") == 1
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         assert first.wait(timeout=120) == 0
     finally:
         if first.poll() is None:
