@@ -274,10 +274,8 @@ def evaluate_model(model: torch.nn.Module, info: CheckpointInfo, data, out, *, d
                      data=str(os.path.abspath(ds.reader.path)), model=str(cfg.get("name", type(model).__name__)),
                      model_config=cfg, params=int(sum(p.numel() for p in model.parameters())), n_samples=n,
                      scores=scores, radial_edges=tuple(float(e) for e in edges), radial_psnr=radial,
-                     radial_pixels=tuple(int(c) for c in count), device=str(dev))
-    files = {f: out / f for f in FILES}
-    res = EvalResult(**{**asdict(res), "scores": scores, "out": out, "files": files,
-                        "seconds": time.perf_counter() - t0})
+                     radial_pixels=tuple(int(c) for c in count), files={f: out / f for f in FILES}, device=str(dev),
+                     seconds=time.perf_counter() - t0)
     out.mkdir(exist_ok=True)
     _write(res, pick)
     return res
