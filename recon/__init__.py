@@ -19,7 +19,11 @@ from .errors import ReconError
 from .models import build_model, model_names, model_table
 from .checkpoint import CheckpointInfo, check_store_matches, load_checkpoint, save_checkpoint
 from .data import Batch, OnTheFlyDataset, StoreDataset
+from . import evaluate  # the module, callable: recon.evaluate(data, checkpoint, out) is recon.evaluate.evaluate
+from .evaluate import EvalResult, Score, compare
+from .export import ExportResult, export_onnx, export_pt2
 
 __all__ = ["__version__", "ReconError", "batch_coords", "frame_coords", "coords_1d", "pool_coords", "build_model",
            "model_names", "model_table", "StoreDataset", "OnTheFlyDataset", "Batch", "save_checkpoint", "load_checkpoint",
-           "CheckpointInfo", "check_store_matches"]
+           "CheckpointInfo", "check_store_matches", "evaluate", "compare", "EvalResult", "Score", "export_onnx",
+           "export_pt2", "ExportResult"]
