@@ -19,7 +19,7 @@ from .errors import ReconError
 from .models import build_model, model_names, model_table
 from .checkpoint import CheckpointInfo, check_store_matches, load_checkpoint, save_checkpoint
 from .data import Batch, OnTheFlyDataset, StoreDataset
-from . import evaluate  # the module, callable: recon.evaluate(data, checkpoint, out) is recon.evaluate.evaluate
+from . import evaluate  # the module: recon.evaluate.evaluate(data, checkpoint, out) -> EvalResult
 from .evaluate import EvalResult, Score, compare
 from .export import ExportResult, export_onnx, export_pt2
 

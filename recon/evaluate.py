@@ -426,15 +426,3 @@ def compare(runs, out, *, overwrite: bool = False) -> CompareResult:
         Path(a).write_text(_csv([cols] + [[repr(r[c]) if isinstance(r[c], float) else r[c] for c in cols] for r in rows]))
         Path(b).write_text("\n".join(md))
     return CompareResult(rows=rows, files={n: out / n for n in names})
-
-
-# ``recon.evaluate`` is both this module and its entry point: ``recon.evaluate(data, ckpt, out)`` calls
-# :func:`evaluate`, and ``recon.evaluate.evaluate``, ``from recon.evaluate import EvalResult`` work as usual.
-class _CallableModule(type(json)):
-    def __call__(self, *args, **kwargs) -> EvalResult:
-        return evaluate(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule
