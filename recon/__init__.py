@@ -19,7 +19,11 @@ from .errors import ReconError
 from .models import build_model, model_names, model_table
 from .checkpoint import CheckpointInfo, check_store_matches, load_checkpoint, save_checkpoint
 from .data import Batch, OnTheFlyDataset, StoreDataset
+from .config import TrainConfig
+from . import train  # the module: recon.train.train(config) is the entry point (a function here would hide it)
+from .train import TrainResult, TrainingDiverged
 
 __all__ = ["__version__", "ReconError", "batch_coords", "frame_coords", "coords_1d", "pool_coords", "build_model",
            "model_names", "model_table", "StoreDataset", "OnTheFlyDataset", "Batch", "save_checkpoint", "load_checkpoint",
-           "CheckpointInfo", "check_store_matches"]
+           "CheckpointInfo", "check_store_matches", "TrainConfig", "TrainResult", "TrainingDiverged",
+           "train"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from .errors import ReconError
 
 __all__ = ["TrainConfig", "load_config", "save_config", "config_from_dict", "config_to_toml", "config_diff",
-           "parse_model_arg", "LOSSES", "DEVICES", "RUNTIME_KEYS", "RESUMABLE_KEYS"]
+           "parse_model_arg", "resolve_config", "LOSSES", "DEVICES", "RUNTIME_KEYS", "RESUMABLE_KEYS"]
 
 LOSSES = ("mse", "l1", "l1_ssim")
 DEVICES = ("auto", "cpu", "cuda")
@@ -294,3 +294,28 @@ def parse_model_arg(text: str) -> tuple[str, object]:
     if isinstance(v, dict):
         raise ReconError(f"--model-arg {text!r}: a table is not a model argument")
     return key, v
+
+
+def resolve_config(options: dict, *, config_file=None, model_args=(), out, resume: bool = False,
+                   overwrite: bool = False) -> TrainConfig:
+    """The configuration of a ``recon train`` command line: defaults, then ``config_file`` (or, on ``resume``
+    without one, ``out/config.toml``), then ``options`` (those not None) and ``model_args`` (``KEY=VALUE``
+    strings, merged into the base's)."""
+    base = TrainConfig()
+    run_config = pathlib.Path(out) / "config.toml"
+    if config_file is not None:
+        base = load_config(config_file)
+    elif resume and run_config.is_file():
+        base = load_config(run_config)
+    given = {k: v for k, v in options.items() if v is not None}
+    if "data" in given:
+        given.setdefault("lens", None)
+        given.setdefault("source", None)
+    elif "lens" in given or "source" in given:
+        given["data"] = None
+    margs = dict(base.model_args)
+    if "model" in given and given["model"] != base.model:
+        margs = {}
+    margs.update(parse_model_arg(t) for t in model_args)
+    given["model_args"] = margs
+    return base.replace(**given, out=os.fspath(out), resume=bool(resume), overwrite=bool(overwrite))

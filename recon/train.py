@@ -185,8 +185,8 @@ class _OnTheFlyData:
         return iter(self.ds.validation())
 
 
-def _prepare_folder(cfg: TrainConfig, out: pathlib.Path) -> bool:
-    """Check (and create) the run folder; True when a run is there to resume."""
+def _check_folder(cfg: TrainConfig, out: pathlib.Path) -> bool:
+    """Check the run folder (nothing written); True when there is a run to resume."""
     if out.exists() and not out.is_dir():
         raise ReconError(f"--out {out}: exists and is not a folder")
     has_run = (out / "config.toml").is_file()
@@ -198,19 +198,22 @@ def _prepare_folder(cfg: TrainConfig, out: pathlib.Path) -> bool:
                              "now != the run's); re-run with its arguments (--config "
                              f"{out / 'config.toml'}) or choose another --out")
         return True
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            what = "a training run" if has_run else "not empty"
-            hint = " (use --resume to continue it, or --overwrite to replace it)" if has_run else \
-                " (use --overwrite to train into it anyway)"
-            raise ReconError(f"--out {out}: exists, {what}{hint}")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        what = "a training run" if has_run else "not empty"
+        hint = (" (use --resume to continue it, or --overwrite to replace it)" if has_run
+                else " (use --overwrite to train into it anyway)")
+        raise ReconError(f"--out {out}: exists, {what}{hint}")
+    return False
+
+
+def _make_folder(out: pathlib.Path, resuming: bool) -> None:
+    if not resuming and out.exists():  # --overwrite (checked): the files of the old run go
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ReconError(f"--out {out}: cannot be created ({e.strerror or e})") from None
-    return False
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,7 +338,7 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
     out = pathlib.Path(cfg.out)
     device = resolve_device(cfg.device)
     amp_dtype = _amp_dtype(cfg, device)
-    resuming = _prepare_folder(cfg, out)
+    resuming = _check_folder(cfg, out)
 
     _seed_all(cfg.seed)
     in_channels = 3 if (cfg.data is not None and cfg.with_baselines) else 1
@@ -343,6 +346,7 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
     multiple_of = 2 ** int(getattr(model, "depth", 0))
     data = (_StoreData if cfg.data is not None else _OnTheFlyData)(cfg, multiple_of, device)
     model = model.to(device)
+    _make_folder(out, resuming)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
