@@ -378,8 +378,7 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
         say(f"resuming {out} after epoch {start} (best {best_val:.4g} at epoch {best_epoch})")
     elif resuming:
         say(f"{out}: no last.pt yet, starting from epoch 1")
-    if not resuming or not (out / "config.toml").is_file():
-        save_config(cfg, out / "config.toml")
+    save_config(cfg, out / "config.toml")  # on resume: the same but for epochs / workers, which may grow
     if start >= cfg.epochs:
         say(f"{out}: already trained for {start} epochs (epochs = {cfg.epochs}); nothing to do")
 
