@@ -286,3 +286,22 @@ def test_cli_sigkill_then_resume_is_bit_exact(tiny_store, tmp_path):
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     assert [int(x["epoch"]) for x in rows(killed / "metrics.csv")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow  # ~25 s: three fast blur operators built for the lens
+def test_on_the_fly_resume_is_bit_exact(tmp_path):
+    from tests.recon.conftest import TINY_LENS
+
+    lens = tmp_path / "tiny.toml"
+    lens.write_text('name = "tiny"\n[optics]\nwavelength_nm = 520.0\nna = 0.4\npixel_pitch_um = 0.325\n[field]\n'
+                    'shape_px = [256, 256]\n[psf]\nsize_px = 33\noversample = 4\n[seidel]\n'
+                    + "".join(f"{k} = {v}\n" for k, v in TINY_LENS["seidel"].items()))
+    kw = dict(lens=str(lens), source="cells", model="cgunet", model_args={"depth": 1, "base_channels": 4}, crop=16,
+              batch=2, steps_per_epoch=2, val_samples=2, photons=500.0, read_noise=1.0)
+    full = train(TrainConfig(out=str(tmp_path / "a"), epochs=2, **kw), progress=False, log=None)
+    train(TrainConfig(out=str(tmp_path / "b"), epochs=1, **kw), progress=False, log=None)
+    res = train(TrainConfig(out=str(tmp_path / "b"), epochs=2, resume=True, **kw), progress=False, log=None)
+    assert res.resumed_from == 1 and full.history[-1]["val_loss"] == res.history[-1]["val_loss"]
+    a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["dataset"]["kind"] == "on-the-fly"
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
