@@ -20,10 +20,13 @@ from .models import build_model, model_names, model_table
 from .checkpoint import CheckpointInfo, check_store_matches, load_checkpoint, save_checkpoint
 from .data import Batch, OnTheFlyDataset, StoreDataset
 from . import evaluate  # the module: recon.evaluate.evaluate(data, checkpoint, out) -> EvalResult
+from . import train  # the module: recon.train.train(config) is the entry point (a function here would hide it)
+from .config import TrainConfig
 from .evaluate import EvalResult, Score, compare
 from .export import ExportResult, export_onnx, export_pt2
+from .train import TrainingDiverged, TrainResult
 
 __all__ = ["__version__", "ReconError", "batch_coords", "frame_coords", "coords_1d", "pool_coords", "build_model",
            "model_names", "model_table", "StoreDataset", "OnTheFlyDataset", "Batch", "save_checkpoint", "load_checkpoint",
-           "CheckpointInfo", "check_store_matches", "evaluate", "compare", "EvalResult", "Score", "export_onnx",
-           "export_pt2", "ExportResult"]
+           "CheckpointInfo", "check_store_matches", "TrainConfig", "TrainResult", "TrainingDiverged", "train",
+           "evaluate", "compare", "EvalResult", "Score", "export_onnx", "export_pt2", "ExportResult"]

@@ -1,5 +1,5 @@
 """The ``recon`` command line: ``recon env`` (torch build and devices), ``recon models`` (the model zoo),
-``recon evaluate``, ``recon compare`` and ``recon export``."""
+``recon train`` (train a model into a run folder), ``recon evaluate``, ``recon compare`` and ``recon export``."""
 
 from __future__ import annotations
 
@@ -111,6 +111,76 @@ def _add_eval_parsers(sub) -> None:
     sp.set_defaults(func=cmd_export)
 
 
+def cmd_train(args) -> int:
+    """``recon train``: errors (bad options, data, a refused resume, OOM, NaN) as one line, exit 2."""
+    from psfsim.errors import PsfsimError
+    from psfsim.report import safe_text
+
+    from .config import resolve_config
+    from .train import train
+
+    try:
+        opts = {k: getattr(args, k) for k in ("data", "lens", "source", "model", "epochs", "batch", "crop", "lr",
+                                              "patience", "loss", "device", "amp", "seed", "workers", "with_baselines")}
+        cfg = resolve_config(opts, config_file=args.config, model_args=args.model_arg or (), out=args.out,
+                             resume=args.resume, overwrite=args.overwrite)
+        res = train(cfg, progress=not args.quiet)
+    except PsfsimError as e:
+        print(f"recon: error: {safe_text(e, limit=4000)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"recon: error: {safe_text(f'{where}{e.strerror or e}', limit=4000)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"recon: interrupted; continue with: recon train --out {args.out} --resume", file=sys.stderr)
+        return 130
+    print(f"{res.out}: {res.epochs} epochs, best validation loss {res.best_val_loss:.4g} "
+          f"(PSNR {res.best_val_psnr:.2f} dB) at epoch {res.best_epoch}: {res.best_checkpoint}")
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    from .config import DEVICES, LOSSES
+
+    sp = sub.add_parser("train", help="train a model on a psfsim store (or on the fly) into a run folder",
+                        description="Train a deblurring model; RUN/ gets config.toml, last.pt, best.pt, metrics.csv "
+                                    "and curves.png. Options not given come from --config (or, with --resume, from "
+                                    "RUN/config.toml), else the defaults of recon.TrainConfig.")
+
+    def error(message):  # one line, exit 2
+        from psfsim.report import safe_text
+
+        print(f"recon: error: train: {safe_text(message, limit=4000)}", file=sys.stderr)
+        sys.exit(2)
+
+    sp.error = error
+    sp.add_argument("--data", metavar="DATA.zarr", help="a psfsim dataset store")
+    sp.add_argument("--lens", help="on-the-fly data: a lens (preset or TOML file), with --source")
+    sp.add_argument("--source", metavar="SPEC", help="on-the-fly data: a psfsim source spec")
+    sp.add_argument("--model", metavar="NAME", help="a model of `recon models` (default cgunet)")
+    sp.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="a model argument (repeatable), e.g. depth=3")
+    sp.add_argument("--config", metavar="FILE.toml", help="options from a TOML file (e.g. RUN/config.toml)")
+    sp.add_argument("--epochs", type=int, help="epochs in total (default 100)")
+    sp.add_argument("--batch", type=int, help="batch size (default 8)")
+    sp.add_argument("--crop", type=int, help="crop side, a multiple of 2^depth (default 128)")
+    sp.add_argument("--lr", type=float, help="Adam's learning rate (default 1e-3)")
+    sp.add_argument("--patience", type=int, help="epochs without improvement before the lr is halved (default 10)")
+    sp.add_argument("--loss", choices=LOSSES, help="training loss (default mse)")
+    sp.add_argument("--device", choices=DEVICES, help="default auto: CUDA, then CPU")
+    sp.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="mixed precision on CUDA (bf16, else fp16 with a grad scaler)")
+    sp.add_argument("--seed", type=int, help="seed of everything (default 0)")
+    sp.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
+    sp.add_argument("--with-baselines", action=argparse.BooleanOptionalAction, default=None,
+                    help="the Wiener baselines as extra input channels")
+    sp.add_argument("--out", required=True, metavar="RUN/", help="the run folder")
+    sp.add_argument("--resume", action="store_true", help="continue the run in RUN/ from last.pt")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing run in RUN/")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_train)
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
@@ -121,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(func=cmd_env)
     sp = sub.add_parser("models", help="every model with its parameter count and receptive field (default settings)")
     sp.set_defaults(func=cmd_models)
+    _add_train_parser(sub)
     _add_eval_parsers(sub)
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
