@@ -86,6 +86,54 @@ def cmd_export(args) -> int:
     return 0 if res.ok else 1
 
 
+def cmd_fit(args) -> int:
+    """``recon fit``: simulate (or reuse a store), train, evaluate; errors as one line, exit 2."""
+    from psfsim.errors import PsfsimError
+
+    from .config import parse_model_arg
+    from .fit import FitConfig, fit
+
+    try:
+        margs = dict(parse_model_arg(t) for t in (args.model_arg or ()))
+        kw = {k: getattr(args, k) for k in ("data", "source", "n", "size", "photons", "model", "epochs", "batch",
+                                            "crop", "lr", "seed", "workers", "device") if getattr(args, k) is not None}
+        if margs:
+            kw["model_args"] = {"depth": 3, "residual": True, **margs}
+        cfg = FitConfig(lens=args.lens, out=args.out, **kw)
+        fit(cfg, progress=not args.quiet)
+    except (PsfsimError, OSError) as e:
+        return _user_error(e)
+    except KeyboardInterrupt:
+        print(f"recon: interrupted; run the same recon fit again to continue ({args.out})", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _add_fit_parser(sub) -> None:
+    sp = sub.add_parser("fit", help="simulate a dataset for a lens, train a model on it, evaluate it against Wiener",
+                        description="One command from a lens to a matched deblurrer: RUN/data.zarr (unless --data), "
+                                    "RUN/train/ (recon train), RUN/eval/ (recon evaluate). Resumable: re-run it.")
+    sp.add_argument("--lens", required=True, help="lens preset or TOML file")
+    sp.add_argument("--out", required=True, metavar="RUN/", help="the fit folder")
+    sp.add_argument("--data", help="train on this store instead of simulating one (its lens must be --lens)")
+    sp.add_argument("--source", help="psfsim source of the simulated store (default cells)")
+    sp.add_argument("--n", type=int, help="samples to simulate (default 400)")
+    sp.add_argument("--size", type=int, help="side of the simulated samples (default 128)")
+    sp.add_argument("--photons", type=float, help="photo-electrons at value 1 (default 2000; 0: noiseless)")
+    sp.add_argument("--model", help="a model of `recon models` (default cgunet)")
+    sp.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                    help="model argument, over the defaults depth=3, residual=true")
+    sp.add_argument("--epochs", type=int, help="training epochs (default 20)")
+    sp.add_argument("--batch", type=int, help="batch size (default 8)")
+    sp.add_argument("--crop", type=int, help="training crop side (default 64)")
+    sp.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    sp.add_argument("--seed", type=int, help="seed of everything (default 0)")
+    sp.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_fit)
+
+
 def _add_eval_parsers(sub) -> None:
     sp = sub.add_parser("evaluate", help="score a checkpoint on a store's test split against the Wiener baselines")
     sp.add_argument("--data", required=True, help="the psfsim store (DATA.zarr); its lens must be the checkpoint's")
@@ -191,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(func=cmd_env)
     sp = sub.add_parser("models", help="every model with its parameter count and receptive field (default settings)")
     sp.set_defaults(func=cmd_models)
+    _add_fit_parser(sub)
     _add_train_parser(sub)
     _add_eval_parsers(sub)
     args = p.parse_args(argv)

@@ -34,8 +34,9 @@ class PAFUUNet(UNet):
     """
 
     def __init__(self, depth: int = 3, in_channels: int = 1, out_channels: int = 1, base_channels: int = 16, *,
-                 n_kernels: int = 4, tau: float = 1.0, scorer_hidden: int = 16, scorer_kernel: int = 3):
-        super().__init__(depth, in_channels, out_channels, base_channels, variant="plain")
+                 n_kernels: int = 4, tau: float = 1.0, scorer_hidden: int = 16, scorer_kernel: int = 3,
+                 residual: bool = False):
+        super().__init__(depth, in_channels, out_channels, base_channels, variant="plain", residual=residual)
         self.enc[0].body.c1 = PAFU(in_channels, self.channels[0], 3, n_kernels, tau=tau,
                                    scorer_hidden=scorer_hidden, scorer_kernel=scorer_kernel)
 

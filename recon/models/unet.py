@@ -125,6 +125,10 @@ class UNet(nn.Module):
     variant : {"plain", "coordgate", "coordconv"}
     gate_layers, gate, fourier, gate_activation :
         CoordGate's gate MLP (``variant="coordgate"``): see :class:`recon.layers.CoordGate`.
+    residual : bool
+        Predict a correction added to the input's first ``out_channels`` channels (``y = x + net(x)``), the
+        usual choice for deblurring (it starts at the blurred image, not at zero); off by default, as in the
+        papers' U-Nets.
 
     ``coords`` is required by the position-aware variants and ignored (may be None) by the plain U-Net.
     """
@@ -133,7 +137,7 @@ class UNet(nn.Module):
 
     def __init__(self, depth: int = 3, in_channels: int = 1, out_channels: int = 1, base_channels: int = 16, *,
                  variant: str = "plain", gate_layers: int = 2, gate: str = "mlp", fourier: int = 0,
-                 gate_activation: str = "none"):
+                 gate_activation: str = "none", residual: bool = False):
         super().__init__()
         if isinstance(depth, bool) or int(depth) != depth or not 1 <= depth <= MAX_DEPTH:
             raise ReconError(f"depth d = {depth!r}: expected a whole number in 1..{MAX_DEPTH}")
@@ -144,6 +148,9 @@ class UNet(nn.Module):
                 raise ReconError(f"{name} = {v!r}: expected a whole number >= 1")
         self.depth = int(depth)
         self.variant = variant
+        if residual and in_channels < out_channels:
+            raise ReconError(f"residual = True needs in_channels >= out_channels, got {in_channels} < {out_channels}")
+        self.residual = bool(residual)
         self.position_aware = variant != "plain"
         gate_cfg = dict(gate_layers=gate_layers, gate=gate, fourier=fourier, gate_activation=gate_activation)
         ch = [base_channels * 2**level for level in range(self.depth + 1)]
@@ -157,6 +164,9 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(nn.ConvTranspose2d(ch[level + 1], ch[level], 2, stride=2) for level in range(self.depth))
         self.dec = nn.ModuleList(_Level(2 * ch[level], ch[level], variant, gate_cfg) for level in range(self.depth))
         self.head = nn.Conv2d(ch[0], out_channels, 1)
+        if self.residual:  # start exactly at the input: the network learns the correction from zero
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def halo(self) -> int:
@@ -187,6 +197,7 @@ class UNet(nn.Module):
                              f"use a smaller depth or a larger input")
         if self.position_aware:
             coords = check_coords(x, coords)
+        x_in = x
         ph, pw = (-H) % m, (-W) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate")
@@ -204,4 +215,5 @@ class UNet(nn.Module):
             skip, c = skips[level]
             x = self.dec[level](torch.cat([self.up[level](x), skip], dim=1), c)
         out = self.head(x)
-        return out[..., :H, :W] if (ph or pw) else out
+        out = out[..., :H, :W] if (ph or pw) else out
+        return out + x_in[:, : out.shape[1]] if self.residual else out

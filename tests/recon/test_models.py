@@ -222,3 +222,13 @@ def test_unet_dependency_interval_is_exact_at_every_parity(name):
     for r in range(n // 2, n // 2 + 2**model.depth):
         rows = np.nonzero((out[:, 0, r, r] - base[0, 0, r, r]).abs().numpy() > 1e-9)[0]
         assert (rows.min(), rows.max()) == unet_input_interval(model.depth, r, r), r
+
+
+@pytest.mark.parametrize("name", ["unet", "cgunet", "coordconv_unet", "pafu_unet"])
+def test_residual_unet_starts_at_its_input(name):
+    model = _small(name, residual=True)
+    x, c = _inputs(name, size=(32, 36))
+    x, c = x.double(), c.double()
+    torch.testing.assert_close(model(x, c), x, rtol=0, atol=0)
+    with pytest.raises(ReconError, match="residual = True needs in_channels >= out_channels"):
+        build_model(name, residual=True, in_channels=1, out_channels=2)
