@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m psfsim.demo --out demo_out
+	$(PY) -m recon.demo --data demo_out/data/dataset.zarr --out demo_out/recon
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
