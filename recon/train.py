@@ -346,6 +346,8 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
     multiple_of = 2 ** int(getattr(model, "depth", 0))
     data = (_StoreData if cfg.data is not None else _OnTheFlyData)(cfg, multiple_of, device)
     model = model.to(device)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     _make_folder(out, resuming)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience)
@@ -392,6 +394,7 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
         tot, n_seen = 0.0, 0
         for i, batch in enumerate(bar):
             batch = batch.to(device, non_blocking=True)
+            batch.x = batch.x.contiguous(memory_format=layout)
             try:
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     pred = model(batch.x, batch.coords)
@@ -430,6 +433,7 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
         with torch.no_grad():
             for batch in data.validation():
                 batch = batch.to(device, non_blocking=True)
+                batch.x = batch.x.contiguous(memory_format=layout)
                 try:
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                         pred = model(batch.x, batch.coords)
