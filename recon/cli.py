@@ -162,7 +162,6 @@ def _add_eval_parsers(sub) -> None:
 def cmd_train(args) -> int:
     """``recon train``: errors (bad options, data, a refused resume, OOM, NaN) as one line, exit 2."""
     from psfsim.errors import PsfsimError
-    from psfsim.report import safe_text
 
     from .config import resolve_config
     from .train import train
@@ -173,13 +172,8 @@ def cmd_train(args) -> int:
         cfg = resolve_config(opts, config_file=args.config, model_args=args.model_arg or (), out=args.out,
                              resume=args.resume, overwrite=args.overwrite)
         res = train(cfg, progress=not args.quiet)
-    except PsfsimError as e:
-        print(f"recon: error: {safe_text(e, limit=4000)}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"recon: error: {safe_text(f'{where}{e.strerror or e}', limit=4000)}", file=sys.stderr)
-        return 2
+    except (PsfsimError, OSError) as e:
+        return _user_error(e)
     except KeyboardInterrupt:
         print(f"recon: interrupted; continue with: recon train --out {args.out} --resume", file=sys.stderr)
         return 130
@@ -196,13 +190,6 @@ def _add_train_parser(sub) -> None:
                                     "and curves.png. Options not given come from --config (or, with --resume, from "
                                     "RUN/config.toml), else the defaults of recon.TrainConfig.")
 
-    def error(message):  # one line, exit 2
-        from psfsim.report import safe_text
-
-        print(f"recon: error: train: {safe_text(message, limit=4000)}", file=sys.stderr)
-        sys.exit(2)
-
-    sp.error = error
     sp.add_argument("--data", metavar="DATA.zarr", help="a psfsim dataset store")
     sp.add_argument("--lens", help="on-the-fly data: a lens (preset or TOML file), with --source")
     sp.add_argument("--source", metavar="SPEC", help="on-the-fly data: a psfsim source spec")
@@ -229,12 +216,23 @@ def _add_train_parser(sub) -> None:
     sp.set_defaults(func=cmd_train)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors of every command as one line ``recon: error: COMMAND: ...``, exit 2."""
+
+    def error(self, message):
+        from psfsim.report import safe_text
+
+        cmd = self.prog.split()[-1] if " " in self.prog else ""
+        print(f"recon: error: {cmd + ': ' if cmd else ''}{safe_text(message, limit=4000)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="recon", description="Train and evaluate spatially-varying deblurring networks.")
+    p = _Parser(prog="recon", description="Train and evaluate spatially-varying deblurring networks.")
     p.add_argument("--version", action="version", version=f"recon {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sp = sub.add_parser("env", help="torch version and available devices")
     sp.set_defaults(func=cmd_env)
     sp = sub.add_parser("models", help="every model with its parameter count and receptive field (default settings)")

@@ -12,6 +12,21 @@ BASE = {
 }
 
 
+#: A small, well-sampled lens file (64 x 64 field): CLI tests write it as lens.toml.
+SMALL_LENS_TOML = """\
+name = "small"
+[optics]
+wavelength_nm = 520.0
+na = 0.4
+pixel_pitch_um = 0.325
+[field]
+shape_px = [64, 64]
+[psf]
+size_px = 33
+oversample = 4
+"""
+
+
 def make_lens(check_psf_box=True, **sections):
     """A lens from BASE with sections overridden: make_lens(seidel={"W220": 0.5}, optics={"na": 0.3})."""
     d = copy.deepcopy(BASE)

@@ -16,18 +16,9 @@ import pytest
 
 from psfsim.cli import main
 
-SMALL_LENS = """\
-name = "small"
-[optics]
-wavelength_nm = 520.0
-na = 0.4
-pixel_pitch_um = 0.325
-[field]
-shape_px = [64, 64]
-[psf]
-size_px = 33
-oversample = 4
-"""
+from ..conftest import SMALL_LENS_TOML
+
+SMALL_LENS = SMALL_LENS_TOML
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,8 @@ from psfsim import io as pio
 from psfsim.cli import main
 from psfsim.spectrum import OUT_OF_BAND_WARN, cutoff_cycles_per_px, out_of_band_fraction
 
+from ..conftest import SMALL_LENS_TOML
+
 from ..conftest import make_lens
 from .test_cli_outputs import SMALL_LENS, assert_refused, snapshot
 
@@ -188,7 +190,7 @@ def test_nan_policy_fill_from_the_command_line(command, tmp_path, capsys):
 
     from psfsim.cli import main
 
-    (tmp_path / "lens.toml").write_text(_NAN_LENS)
+    (tmp_path / "lens.toml").write_text(SMALL_LENS_TOML)
     img = np.random.default_rng(3).random((48, 48)).astype(np.float32)
     img[5, 7] = np.nan
     img[30:32, 20] = np.inf
@@ -206,16 +208,3 @@ def test_nan_policy_fill_from_the_command_line(command, tmp_path, capsys):
     assert "PNG cannot hold" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
 
-
-_NAN_LENS = """\
-name = "small"
-[optics]
-wavelength_nm = 520.0
-na = 0.4
-pixel_pitch_um = 0.325
-[field]
-shape_px = [64, 64]
-[psf]
-size_px = 33
-oversample = 4
-"""
