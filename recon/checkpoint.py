@@ -214,9 +214,11 @@ def load_checkpoint(path, *, device="cpu") -> tuple[torch.nn.Module, CheckpointI
     name = cfg.pop("name", None)
     if not isinstance(name, str):
         raise ReconError(f"checkpoint {path}: model_config has no model name ({ckpt['model_config']!r})")
+    from psfsim.errors import PsfsimError
+
     try:
         model = build_model(name, **cfg)
-    except ReconError as e:
+    except PsfsimError as e:  # ReconError included, and a lens that no longer loads
         raise ReconError(f"checkpoint {path}: {e}") from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)

@@ -263,16 +263,33 @@ def load_config(path, *, base: TrainConfig | None = None) -> TrainConfig:
     return config_from_dict(d, where=f"--config {p}", base=base)
 
 
+def _model_default(model: str, key: str):
+    """A model argument's default (so an explicit ``--model-arg depth=3`` equals the default 3), or ``<unset>``."""
+    import inspect
+
+    from .models.registry import MODELS
+
+    spec = MODELS.get(model)
+    if spec is None:
+        return "<unset>"
+    p = inspect.signature(spec.cls().__init__).parameters.get(key)
+    return "<unset>" if p is None or p.default is inspect.Parameter.empty else p.default
+
+
 def config_diff(a: TrainConfig, b: TrainConfig, *, ignore=RUNTIME_KEYS + RESUMABLE_KEYS) -> list[str]:
-    """Options whose values differ, as ``"name: a_value != b_value"`` (nothing when they agree)."""
+    """Options whose values differ, as ``"name: a_value != b_value"`` (nothing when they agree).
+
+    A store's path is not compared (a moved or differently spelled store is the same data; the trainer compares
+    the data's identity, spec hash and lens fingerprint, instead); an on-the-fly lens path is compared resolved.
+    """
     out = []
     for f in fields(TrainConfig):
-        if f.name in ignore:
+        if f.name in ignore or f.name == "data":
             continue
         va, vb = getattr(a, f.name), getattr(b, f.name)
         if f.name == "model_args":
             for k in sorted(set(va) | set(vb)):
-                x, y = va.get(k, "<unset>"), vb.get(k, "<unset>")
+                x, y = va.get(k, _model_default(a.model, k)), vb.get(k, _model_default(b.model, k))
                 if _norm(x) != _norm(y):
                     out.append(f"model_args.{k}: {x!r} != {y!r}")
         elif va != vb:
@@ -322,4 +339,8 @@ def resolve_config(options: dict, *, config_file=None, model_args=(), out, resum
         margs = {}
     margs.update(parse_model_arg(t) for t in model_args)
     given["model_args"] = margs
+    for k in ("data", "lens"):  # absolute, so RUN/config.toml works from any folder
+        v = given.get(k)
+        if isinstance(v, str) and (k == "data" or os.path.exists(v)):
+            given[k] = os.path.abspath(v)
     return base.replace(**given, out=os.fspath(out), resume=bool(resume), overwrite=bool(overwrite))

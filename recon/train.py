@@ -97,15 +97,7 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------------------
 # set-up
 # ----------------------------------------------------------------------------------------------------------
-def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is refused."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ReconError("--device cuda: CUDA is not available (torch " + torch.__version__ + "); use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ReconError(f"--device {device!r}: expected auto, cpu or cuda")
-    return torch.device(device)
+from .evaluate import resolve_device  # noqa: E402  (one rule for train and evaluate: auto, cpu, cuda, cuda:N)
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device):
@@ -115,6 +107,15 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device):
         raise ReconError("--amp: mixed precision is for CUDA only (bf16 autocast on CPU is slower than float32 on "
                          "most CPUs); drop --amp to train on the CPU in float32")
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _data_lens(cfg: TrainConfig):
+    """The lens of the training data (the store's, or the on-the-fly lens)."""
+    import psfsim
+
+    if cfg.data is not None:
+        return psfsim.DatasetReader(cfg.data).lens
+    return psfsim.load_lens(cfg.lens)
 
 
 def _build_model(cfg: TrainConfig, in_channels: int):
@@ -136,6 +137,8 @@ def _build_model(cfg: TrainConfig, in_channels: int):
         raise ReconError(f"--model {cfg.model!r} takes one input channel: train it without with_baselines")
     elif args.get("in_channels", in_channels) != in_channels:
         raise ReconError(f"model_args.in_channels = {args['in_channels']!r}: the data give {in_channels} channel(s)")
+    if "lens" in params and args.get("lens") is None:
+        args["lens"] = _data_lens(cfg).to_dict()  # e.g. MultiWienerNet: PSFs from the data's lens, not stand-ins
     try:
         model = build_model(cfg.model, **args)
     except TypeError as e:

@@ -25,10 +25,10 @@ values, which determine an affine map exactly), in a small LRU; training mode ne
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-
 import torch
 import torch.nn as nn
+
+from psfsim.cache import BoundedCache
 
 from ..coords import check_coords
 from ..errors import ReconError
@@ -165,33 +165,31 @@ class CoordGate(nn.Module):
         self.mix = conv(channels, int(mix), 1) if mix else None
         self.cache_gates = bool(cache_gates)
         self.cache_size = int(cache_size)
-        self._gates: OrderedDict = OrderedDict()
+        # at most `cache_size` windows and 64 MiB of gates per layer (tiles of a huge frame are each a new
+        # window: the cache helps repeated windows, e.g. a fixed field of view, not a single pass over tiles)
+        self._gates = BoundedCache(max_items=self.cache_size, max_bytes=64 * 2**20)
 
     # -- gates --------------------------------------------------------------------------------------
-    @staticmethod
-    def window_key(coords: torch.Tensor) -> tuple:
-        """A window's key: shape, device, dtype and the coordinates at the first and last pixel of each sample
-        (an affine coordinate map is determined by them)."""
+    def window_key(self, coords: torch.Tensor) -> tuple:
+        """A window's key: the coordinate map (shape, device, dtype, its first, middle and last pixels and its
+        sums, per sample), the autocast state, and the gate parameters' versions (any in-place change to them,
+        an optimiser step or a ``load_state_dict``, makes a new key: stale gates are never served)."""
         flat = coords.detach().flatten(2)
-        ends = torch.stack([flat[:, :, 0], flat[:, :, -1]], dim=-1)
-        return (tuple(coords.shape), str(coords.device), coords.dtype, tuple(ends.flatten().tolist()))
+        mid = flat.shape[-1] // 2
+        stats = torch.stack([flat[:, :, 0], flat[:, :, mid], flat[:, :, -1], flat.sum(-1), (flat * flat).sum(-1)], -1)
+        dev = coords.device.type
+        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        versions = tuple(p._version for p in self.gate.parameters())
+        return (tuple(coords.shape), str(coords.device), coords.dtype, amp, versions,
+                tuple(stats.double().flatten().tolist()))
 
     def gates(self, coords: torch.Tensor) -> torch.Tensor:
         """Gating map ``(B, channels, *S)`` of a coordinate map (cached per window in eval mode)."""
         if self.training or not self.cache_gates or torch.is_grad_enabled():
-            if self.training and self._gates:
+            if self.training and len(self._gates):
                 self._gates.clear()  # parameters change while training: never serve stale gates later
             return self.gate(coords)
-        key = self.window_key(coords)
-        hit = self._gates.get(key)
-        if hit is not None:
-            self._gates.move_to_end(key)
-            return hit
-        g = self.gate(coords)
-        self._gates[key] = g
-        while len(self._gates) > self.cache_size:
-            self._gates.popitem(last=False)
-        return g
+        return self._gates.get(self.window_key(coords), lambda: self.gate(coords))
 
     def clear_gate_cache(self) -> None:
         self._gates.clear()

@@ -101,7 +101,10 @@ class MultiWienerNet(nn.Module):
         if psfs is not None:
             p = psfs.detach().cpu().double().numpy() if isinstance(psfs, torch.Tensor) else np.asarray(psfs, np.float64)
         elif lens is not None:
-            p = lens_psfs(resolve_lens(lens), grid)
+            resolved = resolve_lens(lens)
+            p = lens_psfs(resolved, grid)
+            # the config keeps the lens description, not a path: a checkpoint must rebuild anywhere
+            self.config_updates = {"lens": resolved.to_dict()}
         else:
             p = gaussian_psfs(grid, psf_size)
         self.wiener = MultiWiener(p, reg_init=reg_init, reg_scale=reg_scale, learn_psfs=learn_psfs,

@@ -67,7 +67,8 @@ def build_model(name: str, **config) -> nn.Module:
         allowed = ", ".join(k for k in params if k != "self" and k not in spec.fixed)
         raise ReconError(f"model {name!r}: unknown argument {unknown[0]!r} (allowed: {allowed})")
     model = cls(**spec.fixed, **config)
-    model.model_config = {"name": name, **config}
+    # a model may normalise its config (e.g. MultiWienerNet: a lens path becomes the lens's description)
+    model.model_config = {"name": name, **config, **getattr(model, "config_updates", {})}
     return model
 
 

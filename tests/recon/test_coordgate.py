@@ -126,3 +126,33 @@ def test_one_dimensional_coordgate():
     layer = CoordGate(1, 3, 5, dims=1)
     out = layer(torch.randn(2, 1, 33), coords_1d(33, 2))
     assert out.shape == (2, 3, 33)
+
+
+def test_gate_cache_never_serves_stale_or_foreign_gates():
+    """Keyed by the whole window, the autocast state and the gate parameters' versions: a load_state_dict, an
+    autocast call or another map with the same corners each get their own gates (uncached equality 1e-6)."""
+    torch.manual_seed(7)
+    layer = CoordGate(1, 4, 3).eval()
+    other = CoordGate(1, 4, 3).eval()
+    x = torch.randn(1, 1, 12, 12)
+    c = frame_coords((12, 12))
+
+    def uncached(m, xx, cc):
+        m.cache_gates = False
+        try:
+            return m(xx, cc)
+        finally:
+            m.cache_gates = True
+
+    with torch.no_grad():
+        layer(x, c)
+        layer.load_state_dict(other.state_dict())  # new weights, still in eval mode
+        torch.testing.assert_close(layer(x, c), uncached(layer, x, c), rtol=0, atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x, c)
+        out = layer(x, c)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, uncached(layer, x, c), rtol=0, atol=1e-6)
+        flipped = c.clone()
+        flipped[..., 1:-1, 1:-1] = flipped[..., 1:-1, 1:-1].flip(-1)  # same corners, another map
+        torch.testing.assert_close(layer(x, flipped), uncached(layer, x, flipped), rtol=0, atol=1e-6)

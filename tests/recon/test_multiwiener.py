@@ -231,3 +231,26 @@ def test_an_off_centre_crop_matches_the_frame_beyond_the_tile_halo():
     b = full[..., o[0] + t : o[0] + h - t, o[1] + t : o[1] + w - t]
     assert float((a - b).abs().max() / b.abs().max()) < 1e-8
     assert float((part - full[..., o[0] : o[0] + h, o[1] : o[1] + w]).abs().max()) > 1e-3  # edges do differ
+
+
+def test_checkpoint_of_a_lens_file_model_loads_after_the_file_is_gone(tmp_path):
+    """The config keeps the lens description, not the path: one checkpoint file is enough anywhere."""
+    from recon.checkpoint import load_checkpoint, save_checkpoint
+
+    lens_file = tmp_path / "mylens.toml"
+    lens_file.write_text('name = "mine"\n[optics]\nwavelength_nm = 520.0\nna = 0.4\npixel_pitch_um = 0.325\n'
+                         '[field]\nshape_px = [64, 64]\n[psf]\nsize_px = 33\noversample = 4\n')
+    torch.manual_seed(0)
+    model = build_model("multiwienernet", lens=str(lens_file), depth=1, base_channels=4)
+    assert isinstance(model.model_config["lens"], dict)
+    lens = psfsim.load_lens(lens_file)
+    from psfsim.dataset.reader import Normalisation
+
+    norm = Normalisation(kind="source_region_max", margin_px=16, vmin=0.0, vmax=1.0)
+    ck = save_checkpoint(tmp_path / "m.pt", model, lens=lens, normalisation=norm, dataset_identity={},
+                         train_args={}, metrics={})
+    lens_file.unlink()
+    loaded, info = load_checkpoint(ck)
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, frame_coords((32, 32))), model.eval()(x, frame_coords((32, 32))))

@@ -305,3 +305,32 @@ def test_on_the_fly_resume_is_bit_exact(tmp_path):
     a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
     assert a["dataset"]["kind"] == "on-the-fly"
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_resume_with_the_store_spelled_another_way_and_models_get_the_data_lens(tiny_store, tmp_path, monkeypatch):
+    """A store is its content (identity), not its path: a relative spelling resumes; config.toml stores absolute
+    paths. A model that takes a lens (MultiWienerNet) starts from the data's lens, not from stand-in PSFs."""
+    import os
+
+    from recon.config import resolve_config
+
+    monkeypatch.chdir(tiny_store.parent)
+    rel = os.path.relpath(tiny_store)
+    first = train(cfg_for(rel, tmp_path / "r", epochs=1), progress=False, log=None)
+    again = resolve_config({"data": "./" + rel, "epochs": 2}, out=tmp_path / "r", resume=True)
+    assert os.path.isabs(again.data)
+    res = train(again, progress=False, log=None)
+    assert res.resumed_from == first.epochs == 1 and res.epochs == 2
+    # MultiWienerNet trained on the store: its PSFs come from the store's lens grid
+    import psfsim
+    from recon.layers.wiener import lens_psfs
+
+    from recon.checkpoint import load_checkpoint
+
+    mw = train(cfg_for(tiny_store, tmp_path / "mw", model="multiwienernet", epochs=1,
+                       model_args={"depth": 1, "base_channels": 4, "learn_psfs": False}), progress=False, log=None)
+    model, info = load_checkpoint(mw.last_checkpoint)
+    lens = psfsim.DatasetReader(tiny_store).lens
+    expected = torch.as_tensor(lens_psfs(lens, (3, 3)))
+    got = model.wiener.psfs.detach().double().reshape(expected.shape)
+    torch.testing.assert_close(got, expected.to(got.dtype), rtol=1e-5, atol=1e-7)
