@@ -78,7 +78,7 @@ def _pid_start(pid: int) -> int | None:
 
 def lock_path(path: str | os.PathLike) -> Path:
     """The lock file of output ``path``: ``.NAME.lock`` beside it (outside it, so it survives its replacement)."""
-    p = Path(os.path.abspath(path))
+    p = Path(os.path.realpath(path))  # one lock per store, however it is reached (a symlink, a relative path)
     return p.parent / f".{p.name}.lock"
 
 
@@ -155,6 +155,18 @@ class WriterLock:
         self._held = False
 
     def acquire(self) -> "WriterLock":
+        """Take the lock. The whole check-and-take (including a stale lock's takeover) runs under an ``flock`` on the
+        lock's folder (no extra file), so two processes racing for a dead writer's lock cannot both win."""
+        import fcntl
+
+        guard = os.open(self.lock.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            return self._acquire()
+        finally:
+            os.close(guard)  # closing releases the flock
+
+    def _acquire(self) -> "WriterLock":
         data = json.dumps(self.holder).encode()
         for _ in range(3):
             try:

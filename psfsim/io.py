@@ -276,12 +276,23 @@ def _decode(h: ImageHeader):
         import imageio.v3 as iio
 
         return luminance(iio.imread(p)), None
-    with _fits_open(p) as hdul:
+    from astropy.io import fits
+
+    # memmap=False: astropy applies BSCALE / BZERO and turns BLANK into NaN only on a read into memory (the
+    # header, the shape and the budget were checked before this point)
+    with fits.open(p, memmap=False, lazy_load_hdus=True) as hdul:
         hdu = hdul[h.hdu]
         data = hdu.data
         if data is None:
             raise PsfsimError(f"{p}: HDU {h.hdu} holds no image data")
-        return np.array(data), hdu.header.copy()
+        data = np.array(data)
+        blank = hdu.header.get("BLANK")
+        if blank is not None and data.dtype.kind in "iu":  # unscaled integers: BLANK pixels become NaN
+            bad = data == blank
+            if bad.any():
+                data = data.astype(np.float32 if data.dtype.itemsize <= 2 else np.float64)
+                data[bad] = np.nan
+        return data, hdu.header.copy()
 
 
 def _native(a: np.ndarray) -> np.ndarray:

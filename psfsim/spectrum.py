@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import PsfsimError
+
 __all__ = ["cutoff_cycles_per_px", "out_of_band_fraction", "periodic_component", "OUT_OF_BAND_WARN"]
 
 #: Above this fraction (``inner=0.5``) the lens does not describe the image. Measured on 256 x 256 crops
@@ -61,7 +63,7 @@ def out_of_band_fraction(image: np.ndarray, lens, *, noise_sigma: float | None =
     """
     a = np.asarray(image, np.float64)
     if a.ndim != 2 or min(a.shape) < 2:
-        raise ValueError(f"image of shape {a.shape}: expected a 2-D image of at least 2 x 2 pixels")
+        raise PsfsimError(f"image of shape {a.shape}: expected a 2-D image of at least 2 x 2 pixels")
     fc = cutoff_cycles_per_px(lens)
     if noise_sigma is None:
         from .restore.wiener import estimate_noise_sigma

@@ -101,6 +101,12 @@ def _copy_blocks(v, per: dict) -> None:
     from ..integrity import digest_arrays
     from .verify import check_no_fill, recorded_digests
 
+    from .verify import static_bad
+
+    static = static_bad(v.group)
+    if static:
+        k, why = sorted(static.items())[0]
+        raise PsfsimError(f"{v.path}: array {k}: {why}; nothing was exported (run psfsim verify on it)")
     digests = recorded_digests(v.group, v.n_blocks)
     n = v.spec.n
     for b in range(v.n_blocks):

@@ -145,13 +145,40 @@ class VerifyResult:
     bad: dict = field(default_factory=dict)
     block: int = 1
     n: int = 0
+    #: ``{array: why}`` for the arrays written at creation (origin, split, PSF grid) that fail their digest
+    static: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.bad
+        return not self.bad and not self.static
 
     def samples(self, b: int) -> tuple[int, int]:
         return b * self.block, min((b + 1) * self.block, self.n) - 1
+
+
+#: Arrays written once when the store is created: one digest each, in the ``static_digests`` attribute.
+STATIC_ARRAYS = ("origin", "split", "psf_grid", "psf_grid_x", "psf_grid_y")
+
+
+def static_digest(group, name: str) -> str:
+    """SHA-256 of a whole array as stored (``origin``, ``split``, the PSF grid and its coordinates)."""
+    return digest_arrays([np.asarray(group[name][...])])
+
+
+def static_bad(group) -> dict:
+    """``{array: why}`` for the arrays written at creation whose content differs from their recorded digest (or is
+    unreadable); empty when they all match. A store without the record (made before it existed) reports it."""
+    rec = group.attrs.get("static_digests")
+    if not isinstance(rec, dict):
+        return {"static arrays": "no digest recorded (a store made before psfsim recorded them: regenerate it)"}
+    bad = {}
+    for k in STATIC_ARRAYS:
+        try:
+            if static_digest(group, k) != rec.get(k):
+                bad[k] = "content differs from its recorded digest"
+        except Exception as e:  # noqa: BLE001 - a damaged or missing chunk
+            bad[k] = f"unreadable ({type(e).__name__})"
+    return bad
 
 
 def block_digest(group, b: int, block: int, n: int) -> str:
@@ -193,7 +220,8 @@ def verify_dataset(store, *, threads: int = 4) -> VerifyResult:
     digests = recorded_digests(v.group, v.n_blocks)
     n = v.spec.n
     bad = verify_blocks(written, lambda b: digests[b], lambda b: block_digest(v.group, b, v.block, n), threads=threads)
-    return VerifyResult(n_blocks=v.n_blocks, written=len(written), bad=bad, block=v.block, n=n)
+    return VerifyResult(n_blocks=v.n_blocks, written=len(written), bad=bad, block=v.block, n=n,
+                        static=static_bad(v.group))
 
 
 def verify_report(path) -> tuple[bool, str]:
@@ -206,6 +234,8 @@ def verify_report(path) -> tuple[bool, str]:
     for b in sorted(r.bad):
         i0, i1 = r.samples(b)
         lines.append(f"block {b} (samples {i0}-{i1}): {r.bad[b]}")
+    for k, why in sorted(r.static.items()):
+        lines.append(f"array {k}: {why} (the store must be regenerated: psfsim simulate ... --overwrite)")
     state = "complete" if v.complete else f"incomplete: {r.n_blocks - r.written} block(s) not written yet"
     lines.append(f"{safe_text(v.path, 1000)}: {r.written - len(r.bad)} of {r.written} written blocks verified"
                  f"{f', {len(r.bad)} BAD (a resume with the same command recomputes them)' if r.bad else ''}; {state}")

@@ -133,6 +133,10 @@ def _populate_store(tmp: Path, spec: SimulationSpec, lens, source, command: str,
                    dimension_names=("block", "byte"))
     ny, nx = len(basis.rows), len(basis.cols)
     margin = lens.psf_sampling.size_px // 2
+    # the arrays written once at creation get their own digests (verify and export check them too)
+    from .verify import STATIC_ARRAYS, static_digest
+
+    g.attrs["static_digests"] = {k: static_digest(g, k) for k in STATIC_ARRAYS}
     g.attrs.update({
         "format": FORMAT,
         "spec": spec.to_json(),

@@ -65,7 +65,11 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
     image, mask = checked_image(image, nan_policy=nan_policy, ndims=(2,))
     if tuple(image.shape) != tuple(getattr(op, "shape", image.shape)):
         raise PsfsimError(f"image of shape {image.shape} does not match the operator's window {tuple(op.shape)}")
-    y = np.clip(np.asarray(image, np.float64), 0, None).astype(np.float32)
+    y = np.clip(np.asarray(image, np.float64), 0, None)
+    # scale-free: iterate on y / max(y) (eps is relative to the data's peak) and scale the result back
+    peak = float(y.max())
+    scale = peak if np.isfinite(peak) and peak > 0 else 1.0
+    y = (y / scale).astype(np.float32)
     norm = np.maximum(op.adjoint(np.ones_like(y)), eps)
     x = np.full_like(y, max(float(y.mean()), eps))
     change = np.inf
@@ -81,5 +85,7 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
             x = x_new
             bar.update(1)
             if tol is not None and change < tol:
-                return RLResult(remask(check_result(x.astype(odt, copy=False), "richardson_lucy"), mask), n, change, True)
-    return RLResult(remask(check_result(x.astype(odt, copy=False), "richardson_lucy"), mask), n, change, tol is None)
+                return RLResult(remask(check_result((x * scale).astype(odt, copy=False), "richardson_lucy"), mask),
+                                n, change, True)
+    return RLResult(remask(check_result((x * scale).astype(odt, copy=False), "richardson_lucy"), mask), n, change,
+                    tol is None)

@@ -144,8 +144,14 @@ def resolve_balance(image: np.ndarray, balance: float | None, noise_sigma: float
         return float(balance)
     if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma >= 0):
         raise PsfsimError(f"noise_sigma = {noise_sigma!r}: expected a number >= 0")
-    img = image if image.ndim == 2 else image[0]
-    sigma = estimate_noise_sigma(img) if noise_sigma is None else float(noise_sigma)
+    img = np.asarray(image if image.ndim == 2 else image[0], np.float64)
+    # scale-free: the balance sigma^2 / c does not depend on the image's units, so estimate it on the image
+    # divided by its RMS (float64: no overflow of squared differences, and the floors below stay relative)
+    scale = float(np.sqrt(np.mean(img * img)))
+    if not (np.isfinite(scale) and scale > 0):
+        scale = 1.0
+    img = img / scale
+    sigma = estimate_noise_sigma(img) if noise_sigma is None else float(noise_sigma) / scale
     sigma = max(sigma, 1e-3 * float(np.std(img)) + 1e-12)  # a noiseless image still needs a little regularisation
     if reg == "gradient":
         g2 = float(np.mean(np.diff(img, axis=0) ** 2) + np.mean(np.diff(img, axis=1) ** 2))
@@ -180,7 +186,7 @@ def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
 
 def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, noise_sigma: float | None = None,
            reg: str = "gradient", boundary: str = "reflect", backend: str | None = None, workers: int | None = None,
-           clip: bool = False, nan_policy: str = "raise") -> np.ndarray:
+           clip: bool = False, nan_policy: str = "raise", normalize_psf: bool = True) -> np.ndarray:
     """Deconvolve ``image`` ``(H, W)`` or ``(B, H, W)`` by one centred ``psf`` ``(k, k)``.
 
     Parameters
@@ -197,6 +203,9 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
     nan_policy : {"raise", "fill"}
         Non-finite pixels: refused, or filled for the computation and NaN again in the output
         (:mod:`psfsim.checks`).
+    normalize_psf : bool
+        Divide the PSF by its sum (default), so a PSF in counts restores the image's own scale; False uses it
+        as given (e.g. to reproduce a filter whose PSFs are normalised otherwise).
 
     Returns
     -------
@@ -215,7 +224,8 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
     single = image.ndim == 2
     img = image[None] if single else image
     img = img.astype(dtype, copy=False)
-    psf = checked_psf(psf).astype(dtype)
+    psf = checked_psf(psf)
+    psf = (psf / psf.sum() if normalize_psf else psf).astype(dtype)
     # one balance per image (the noise estimate must not depend on what else is in the batch)
     bal = np.array([resolve_balance(im, balance, noise_sigma, reg) for im in img], np.float32)[:, None, None]
     fft = get_backend(backend, workers)

@@ -314,3 +314,67 @@ def test_cli_simulate_exits_nonzero_when_incomplete(tmp_path, monkeypatch, capsy
     rc = main(["simulate", "--lens", str(tmp_path / "tiny.toml"), "--source", "stars", "--n", "16", "--size", "16,16",
                "--out", str(tmp_path / "d.zarr"), "--workers", "1"])
     assert rc == 1 and "INCOMPLETE" in capsys.readouterr().out
+
+
+def _race_worker(path, q, barrier):
+    from psfsim.integrity import WriterLock as _WL
+
+    barrier.wait()
+    try:
+        lk = _WL(path).acquire()
+        q.put("held")
+        import time as _t
+
+        _t.sleep(0.3)
+        lk.release()
+    except Exception as e:  # noqa: BLE001 - the refusal is the expected outcome
+        q.put(type(e).__name__)
+
+
+def test_racing_takeovers_of_a_stale_lock_leave_one_holder(tmp_path):
+    """Three processes start against a dead writer's lock at once: exactly one takes it over (the check and the
+    takeover run under an flock), the others are refused; a symlink to the store shares the store's lock."""
+    import json as _json
+    import multiprocessing as _mp
+    import socket as _socket
+
+    from psfsim.integrity import lock_path
+
+    ctx = _mp.get_context("fork")
+    for t in range(4):
+        path = tmp_path / f"s{t}.zarr"
+        lock_path(path).write_text(_json.dumps({"host": _socket.gethostname(), "pid": 999_999_999, "pid_start": 1,
+                                                "run_id": "dead", "what": "writer", "started": "x"}))
+        q, b = ctx.Queue(), ctx.Barrier(3)
+        ps = [ctx.Process(target=_race_worker, args=(path, q, b)) for _ in range(3)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join(30)
+        results = [q.get(timeout=5) for _ in range(3)]
+        assert results.count("held") == 1, results
+    store = tmp_path / "real.zarr"
+    store.mkdir()
+    (tmp_path / "link.zarr").symlink_to(store)
+    assert lock_path(tmp_path / "link.zarr") == lock_path(store)
+
+
+@pytest.mark.parametrize("array", ["psf_grid", "origin", "split"])
+def test_damaged_static_arrays_are_named_by_verify_and_refused_by_export(ref, tmp_path, capsys, array):
+    """The arrays written once at creation (PSF grid, origins, splits) have their own digests: a still-decodable
+    rewrite (the reviewer's case: origin[0] moved, every split code set to test) is caught, not exported."""
+    d = _copy(ref, tmp_path)
+    g = zarr.open_group(str(d), mode="r+", use_consolidated=False)
+    if array == "psf_grid":
+        g[array][0, 0, 0, 0] = g[array][0, 0, 0, 0] + 1.0
+    elif array == "origin":
+        g[array][0] = g[array][1]
+    else:
+        g[array][:] = 2
+    r = verify_dataset(d)
+    assert not r.ok and array in r.static
+    assert main(["verify", str(d)]) == 1
+    assert f"array {array}: content differs" in capsys.readouterr().out
+    with pytest.raises(psfsim.PsfsimError, match=f"array {array}: content differs"):
+        export_hdf5(d, tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()

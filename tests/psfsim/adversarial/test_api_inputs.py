@@ -160,3 +160,21 @@ def test_exact_operator_refuses_like_the_fast_one(lens):
         ex(np.full((6, 6), np.nan))
     with pytest.raises(PsfsimError, match="expected a Lens"):
         ExactOperator(None, shape=(6, 6))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1e-12, 1e-6, 1e6, 1e17])
+def test_restorations_do_not_depend_on_the_image_units(scale, dtype, lens, op):
+    """Wiener (automatic balance), SV Wiener and Richardson-Lucy commute with a change of units (flux in
+    erg/s/cm^2/A is ~1e-17; counts can be 1e6): restore(s x) / s == restore(x); and a PSF in counts is the same
+    PSF as its unit-sum version."""
+    rng = np.random.default_rng(13)
+    x = (op(rng.random((32, 32))) + rng.normal(0, 0.01, (32, 32))).astype(dtype)
+    tol = 2e-3 if dtype == np.float32 else 1e-6
+    for f in (lambda a: wiener(a, lens.psf(0, 0)), lambda a: sv_wiener(a, lens, patch=16),
+              lambda a: richardson_lucy(a, op, iters=3).image):
+        ref = f(x)
+        got = f((x * scale).astype(dtype)) / scale
+        assert np.abs(got - ref).max() <= tol * np.abs(ref).max(), (scale, dtype)
+    psf = lens.psf(0, 0)
+    np.testing.assert_allclose(wiener(x, psf * 1e6), wiener(x, psf), rtol=1e-4, atol=1e-6)

@@ -208,3 +208,36 @@ def test_nan_policy_fill_from_the_command_line(command, tmp_path, capsys):
     assert "PNG cannot hold" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
 
+
+
+def test_fits_with_bscale_bzero_and_blank(tmp_path):
+    """Standard integer FITS: BSCALE/BZERO applied, BLANK pixels read as NaN (the NaN policy then applies);
+    reference: the physical values written by hand."""
+    from astropy.io import fits
+
+    raw = (np.arange(48 * 48, dtype=np.int16).reshape(48, 48) % 500)
+    h = fits.PrimaryHDU(raw)
+    h.header["BSCALE"] = 0.01
+    h.header["BZERO"] = 5.0
+    h.writeto(tmp_path / "bs.fits")
+    got = pio.read_image(tmp_path / "bs.fits")
+    np.testing.assert_allclose(got, 5.0 + 0.01 * raw, rtol=0, atol=1e-5)
+    raw2 = raw.copy()
+    raw2[3, 4] = -32768
+    h2 = fits.PrimaryHDU(raw2)
+    h2.header["BLANK"] = -32768
+    h2.writeto(tmp_path / "blank.fits")
+    with pytest.raises(pio.PsfsimError if hasattr(pio, "PsfsimError") else Exception, match="NaN or inf"):
+        pio.read_image(tmp_path / "blank.fits")
+    img = pio.load_image(tmp_path / "blank.fits", allow_nonfinite=True).data
+    assert np.isnan(img[3, 4]) and np.isfinite(np.delete(img.ravel(), 3 * 48 + 4)).all()
+
+
+def test_a_one_row_image_is_one_line_for_every_restoration(tmp_path, capsys):
+    np.save(tmp_path / "row.npy", np.random.default_rng(0).random((1, 48)).astype(np.float32))
+    (tmp_path / "lens.toml").write_text(SMALL_LENS_TOML)
+    for cmd in ("wiener", "rl"):
+        rc = main([cmd, "--lens", str(tmp_path / "lens.toml"), "--input", str(tmp_path / "row.npy"),
+                   "--out", str(tmp_path / f"{cmd}.npy")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
