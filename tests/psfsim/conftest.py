@@ -27,6 +27,21 @@ oversample = 4
 """
 
 
+#: A tiny lens (32 x 32 field, 17 px box) for subprocess tests of simulate (stores in a second).
+TINY_TOML = """name = "tiny"
+[optics]
+wavelength_nm = 520.0
+na = 0.4
+pixel_pitch_um = 0.325
+[field]
+shape_px = [32, 32]
+[psf]
+size_px = 17
+oversample = 2
+pupil_samples = 32
+"""
+
+
 def make_lens(check_psf_box=True, **sections):
     """A lens from BASE with sections overridden: make_lens(seidel={"W220": 0.5}, optics={"na": 0.3})."""
     d = copy.deepcopy(BASE)

@@ -22,6 +22,8 @@ from psfsim.dataset import DatasetReader, SimulationSpec, export_hdf5, open_data
 from psfsim.integrity import (WriterLock, clean_stale_temporaries, digest_arrays, lock_holder, lock_path,
                               verify_blocks)
 
+from .conftest import TINY_TOML
+
 TINY_LENS = {"name": "tiny", "optics": {"wavelength_nm": 520.0, "na": 0.4, "pixel_pitch_um": 0.325},
              "field": {"shape_px": [32, 32]}, "psf": {"size_px": 17, "oversample": 2, "pupil_samples": 32}}
 ARRAYS = ("sharp", "blurred", "wiener", "wiener_sv")
@@ -291,18 +293,6 @@ def test_info_on_a_folder_that_is_not_a_store(tmp_path, capsys):
     assert "not a psfsim dataset" in err and "lens" not in err
 
 
-TINY_TOML = """name = "tiny"
-[optics]
-wavelength_nm = 520.0
-na = 0.4
-pixel_pitch_um = 0.325
-[field]
-shape_px = [32, 32]
-[psf]
-size_px = 17
-oversample = 2
-pupil_samples = 32
-"""
 
 
 def test_cli_simulate_exits_nonzero_when_incomplete(tmp_path, monkeypatch, capsys):

@@ -18,18 +18,8 @@ import numpy as np
 import pytest
 import zarr
 
-TINY_TOML = """name = "tiny"
-[optics]
-wavelength_nm = 520.0
-na = 0.4
-pixel_pitch_um = 0.325
-[field]
-shape_px = [32, 32]
-[psf]
-size_px = 17
-oversample = 2
-pupil_samples = 32
-"""
+from ..conftest import TINY_TOML
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
