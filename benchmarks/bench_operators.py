@@ -4,9 +4,9 @@ Run: ``python benchmarks/bench_operators.py [--quick] [--crop N]``. Nothing is a
 ratio to a baseline timed in the same process (best of N with ``time.perf_counter``, after a warm-up call).
 Prints, for the ``microscope`` preset and a test image (scikit-image's ``camera``, tiled, in [0, 1]):
 
-1. fast blur of a 2048 x 2048 frame at the automatic rank K: build time, Mpix/s, and the ratio to the FFT
-   floor, ``K + 1`` real FFT round trips (rfft2 + irfft2) at ``op.pad_shape`` with the operator's backend
-   (target: at most 1.5x);
+1. fast blur of a 2048 x 2048 frame at the automatic rank K: build time, Mpix/s, and the ratio to the
+   transforms it needs, ``K`` rfft2 + one irfft2 at ``op.pad_shape`` with the operator's backend (target:
+   at most 1.2x);
 2. exact vs fast on a 256 x 256 crop at origin (0, 0), where the blur is strongest (the exact operator
    computes one PSF per pixel: about 45 s to build on 2 cores; ``--crop`` changes the size): build and
    apply times, speed-ups, and the relative L2 error of fast vs exact;
@@ -114,10 +114,11 @@ def bench_frame(lens, n: int, nrep: int):
     print(f"build: basis {t_basis:.2f} s (once per lens, cached) + window maps {t_window:.2f} s "
           f"+ eigen-PSF FFTs {t_kft:.2f} s")
     print(f"apply: {1e3 * t_op:.1f} ms = {n * n / t_op / 1e6:.1f} Mpix/s")
-    print(f"FLOOR = K+1 = {K + 1} FFT round trips at pad_shape: {1e3 * floor:.1f} ms "
-          f"(one round trip {1e3 * t_rt:.1f} ms, one rfft2 {1e3 * t_fwd:.1f} ms)")
-    print(f"apply / FLOOR = x{t_op / floor:.2f}   target <= 1.5x: {verdict(t_op <= 1.5 * floor)}")
-    print(f"  (apply / bare transforms actually needed, K rfft2 + 1 irfft2 = {1e3 * strict:.1f} ms: x{t_op / strict:.2f})")
+    print(f"FLOOR = the transforms it needs, K rfft2 + 1 irfft2 = {1e3 * strict:.1f} ms "
+          f"(one rfft2 {1e3 * t_fwd:.1f} ms, one round trip {1e3 * t_rt:.1f} ms)")
+    print(f"apply / FLOOR = x{t_op / strict:.2f}   target <= 1.2x (issue 9): {verdict(t_op <= 1.2 * strict)}")
+    print(f"  (against K + 1 full round trips, 2K + 2 transforms, {1e3 * floor:.1f} ms: x{t_op / floor:.2f}; "
+          "that older 'floor' flattered the operator)")
     return op, img, t_basis
 
 
