@@ -75,4 +75,4 @@ class BoundedCache:
         return {"max_items": self.max_items, "max_bytes": self.max_bytes}
 
     def __setstate__(self, d):
-        self.__init__(d["max_items"], d["max_bytes"])
+        self.__init__(max_items=d["max_items"], max_bytes=d["max_bytes"])

@@ -106,11 +106,8 @@ class KernelCache(BoundedCache):
     windows of one shape (dataset samples, interior tiles) share one entry, edge tiles add their own, the
     least recently used go first (:class:`psfsim.cache.BoundedCache`)."""
 
-    def __init__(self, max_bytes: int = KERNEL_CACHE_BYTES):
-        super().__init__(max_bytes=max_bytes)
-
-    def __setstate__(self, d):
-        self.__init__(d["max_bytes"])
+    def __init__(self, max_bytes: int = KERNEL_CACHE_BYTES, max_items: int | None = None):
+        super().__init__(max_items=max_items, max_bytes=max_bytes)
 
 
 def _psfs_at(lens, rows, cols) -> np.ndarray:

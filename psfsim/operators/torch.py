@@ -154,6 +154,11 @@ class LowRankBlur(torch.nn.Module):
         step = max(1, int(_CHUNK_BYTES // max(per, 1)))
         return [slice(i, min(i + step, self.rank)) for i in range(0, self.rank, step)]
 
+    def _plan(self, x: torch.Tensor):
+        """Padded FFT shape, eigen-PSF transforms on ``x``'s device/dtype, and the PSF centre offset."""
+        pad = self.pad_shape(x.shape[-2:])
+        return pad, self._kernel_ft(pad, x), self.k // 2
+
     def forward(self, x: torch.Tensor, origins, *, allow_outside: bool = False) -> torch.Tensor:
         """Blur ``x (B, C, H, W)``: sample ``b`` is the window at ``origins[b] = (row, col)`` of the frame.
 
@@ -164,9 +169,7 @@ class LowRankBlur(torch.nn.Module):
         B, C, H, W = x.shape
         if B == 0 or C == 0:
             return x.new_zeros(x.shape)
-        pad = self.pad_shape((H, W))
-        kf = self._kernel_ft(pad, x)
-        c = self.k // 2
+        pad, kf, c = self._plan(x)
         acc = None
         for sl in self._chunks(B, C, pad, x):
             w = self.coefficient_maps(o, (H, W), x, sl)  # (B, K', H, W)
@@ -181,9 +184,7 @@ class LowRankBlur(torch.nn.Module):
         B, C, H, W = y.shape
         if B == 0 or C == 0:
             return y.new_zeros(y.shape)
-        pad = self.pad_shape((H, W))
-        kf = self._kernel_ft(pad, y)
-        c = self.k // 2
+        pad, kf, c = self._plan(y)
         Y = torch.fft.rfft2(torch.nn.functional.pad(y, (c, pad[1] - W - c, c, pad[0] - H - c)))
         out = torch.zeros_like(y)
         for sl in self._chunks(B, C, pad, y):

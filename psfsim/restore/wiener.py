@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import PsfsimError
 from ..fft import get_backend
-from ..operators.lowrank import KernelCache
+from ..cache import BoundedCache
 
 __all__ = ["wiener", "wiener_filter", "gradient_tf2", "regulariser_tf2", "psf_tf", "estimate_noise_sigma",
            "raised_cosine_ramp", "BOUNDARIES", "REGULARISERS"]
@@ -166,7 +166,7 @@ def resolve_balance(image: np.ndarray, balance: float | None, noise_sigma: float
 
 
 #: Transfer functions by PSF content and grid, bounded in bytes (tiles and windows come in many shapes).
-_TRANSFER_CACHE = KernelCache(256 * 2**20)
+_TRANSFER_CACHE = BoundedCache(max_bytes=256 * 2**20)
 
 
 def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
