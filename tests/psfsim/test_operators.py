@@ -328,7 +328,30 @@ def test_basis_save_load_round_trip(microscope_small, tmp_path):
     assert len(pickle.loads(pickle.dumps(basis))._kft) == 0
 
 
-def test_fft_threads_follow_workers(microscope_small):
-    op = make_operator(microscope_small, shape=(16, 16), workers=1)
-    assert op.fft.workers == 1
-    assert make_operator(microscope_small, shape=(16, 16), workers=2).fft.workers == 2
+def test_fft_threads_follow_workers(microscope_small, monkeypatch):
+    """workers= reaches scipy.fft itself, for the operators and both Wiener filters (recorded at the call)."""
+    import scipy.fft
+
+    import psfsim.fft as pfft
+    from psfsim.restore import sv_wiener, wiener
+
+    seen = []
+    for name in ("rfft2", "irfft2"):
+        real = getattr(scipy.fft, name)
+
+        def spy(*a, _real=real, **kw):
+            seen.append(kw.get("workers"))
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(scipy.fft, name, spy)
+    pfft._backend.cache_clear()  # backends wrap scipy.fft's functions when first made
+    try:
+        img = np.random.default_rng(14).random((16, 16))
+        for w in (1, 2):
+            seen.clear()
+            make_operator(microscope_small, shape=(16, 16), workers=w)(img)
+            wiener(img, microscope_small.psf(0, 0), workers=w, balance=0.1)
+            sv_wiener(img, microscope_small, origin=(0, 0), patch=8, workers=w, balance=0.1)
+            assert seen and set(seen) == {w}, (w, set(seen))
+    finally:
+        pfft._backend.cache_clear()
