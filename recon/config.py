@@ -29,8 +29,9 @@ LOSSES = ("mse", "l1", "l1_ssim")
 DEVICES = ("auto", "cpu", "cuda")
 #: Where and how to run, not what: never saved to config.toml, never compared on --resume.
 RUNTIME_KEYS = ("out", "resume", "overwrite")
-#: May differ on --resume (more epochs continue the run; workers do not change the data).
-RESUMABLE_KEYS = ("epochs", "workers")
+#: May differ on --resume (more epochs continue the run; workers do not change the data; a run may continue
+#: on another device, bit-identical to an uninterrupted run only on the same one).
+RESUMABLE_KEYS = ("epochs", "workers", "device")
 
 
 @dataclass(frozen=True)

@@ -464,7 +464,7 @@ class OnTheFlyDataset:
     # -- generation -----------------------------------------------------------------------------------------
     def _sources(self, stream: int, step: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` normalised source regions ``(n, h + 2m, w + 2m)`` float32 and their crops' origins ``(n, 2)``."""
-        from psfsim.sources import MixtureSource
+        from psfsim.dataset.sample import source_region
 
         (H, W), (h, w), m = self.lens.field.shape_px, self.crop, self.margin
         regions = np.empty((n, h + 2 * m, w + 2 * m), np.float32)
@@ -472,18 +472,8 @@ class OnTheFlyDataset:
         for i in range(n):
             rng = np.random.default_rng([self.seed, stream, int(step), i])
             o = (int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)))
-            if isinstance(self.source, MixtureSource):
-                src = self.source.sample(regions.shape[1:], rng, index=int(step) * n + i)
-            else:
-                src = self.source.sample(regions.shape[1:], rng)
-            src = np.array(src, np.float64)
-            r0, c0 = o[0] - m, o[1] - m  # no light from outside the lens field (psfsim.dataset.sample)
-            src[: max(0, -r0)] = 0
-            src[:, : max(0, -c0)] = 0
-            src[max(0, H - r0) :] = 0
-            src[:, max(0, W - c0) :] = 0
-            peak = float(src.max())
-            regions[i] = src / peak if peak > 0 else src
+            regions[i] = source_region(self.source, (H, W), (o[0] - m, o[1] - m), regions.shape[1:], rng,
+                                       index=int(step) * n + i)
             origins[i] = o
         return regions, origins
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .config import RESUMABLE_KEYS
 from .errors import ReconError
 
 __all__ = ["FitConfig", "FitResult", "fit"]
@@ -64,23 +65,14 @@ class FitConfig:
     device: str = "auto"
 
     def to_toml(self) -> str:
-        d = {k: v for k, v in asdict(self).items() if k not in ("out",) and v is not None}
-        lines = []
-        for k, v in d.items():
-            if isinstance(v, dict):
-                continue
-            lines.append(f"{k} = {_toml_value(v)}")
-        lines.append("[model_args]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(self.model_args.items())]
+        """The fit's arguments as TOML (the run folder is not one of them), with recon.config's TOML writer."""
+        from .config import _toml_key, _toml_value
+
+        d = {k: v for k, v in asdict(self).items() if k != "out" and v is not None}
+        margs = d.pop("model_args")
+        lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in d.items()]
+        lines += ["[model_args]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in sorted(margs.items())]
         return "\n".join(lines) + "\n"
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ def _check_same(cfg: FitConfig, path: Path) -> None:
         raise ReconError(f"{path}: unreadable fit record ({e}); use another --out") from None
     new = tomllib.loads(cfg.to_toml())
     for k in sorted(set(old) | set(new)):
-        if k in ("epochs", "workers", "device"):  # more epochs continue the training; the others change no result
+        if k in RESUMABLE_KEYS:  # the same rule as recon train --resume
             continue
         if old.get(k) != new.get(k):
             raise ReconError(f"{path.parent}: a fit with other arguments ({k}: was {old.get(k)!r}, now {new.get(k)!r}); "
@@ -159,6 +151,10 @@ def fit(cfg: FitConfig, *, progress: bool = True, log=print) -> FitResult:
             raise ReconError(f"{data}: the store is incomplete; run the same recon fit again to finish it")
     else:
         data = Path(cfg.data)
+        stored = psfsim.DatasetReader(data).lens
+        if stored.fingerprint != lens.fingerprint:
+            raise ReconError(f"--data {data}: a store of lens {stored.name!r}, not of --lens {lens.name!r} "
+                             f"({cfg.lens}); give the store's own lens")
         say(f"[1/3] data: {data}")
 
     # 2. training (resumes from train/last.pt when a previous fit was interrupted)
@@ -178,6 +174,3 @@ def fit(cfg: FitConfig, *, progress: bool = True, log=print) -> FitResult:
     say(result.summary())
     return result
 
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(FitConfig)]

@@ -43,6 +43,28 @@ class SimulatedSample:
     wiener_sv: np.ndarray
 
 
+def source_region(source, field_shape, region_origin, region_shape, rng, *, index: int = 0) -> np.ndarray:
+    """One normalised source region ``region_shape`` float32 at ``region_origin`` (row, col) of a field of
+    ``field_shape``: drawn from ``source`` with ``rng``, zero where it lies outside the field (no light comes from
+    beyond the frame), divided by its maximum (the store's ``source_region_max`` normalisation). The one rule of
+    stores and of recon's on-the-fly data."""
+    from ..sources import MixtureSource
+
+    H, W = field_shape
+    if isinstance(source, MixtureSource):
+        src = source.sample(region_shape, rng, index=int(index))
+    else:
+        src = source.sample(region_shape, rng)
+    src = np.array(src, np.float64)
+    r0, c0 = region_origin
+    src[: max(0, -r0)] = 0
+    src[:, : max(0, -c0)] = 0
+    src[max(0, H - r0) :] = 0
+    src[:, max(0, W - c0) :] = 0
+    peak = float(src.max())
+    return (src / peak if peak > 0 else src).astype(np.float32)
+
+
 def make_sample(ctx: SampleContext, index: int, origin, timings: dict | None = None) -> SimulatedSample:
     """One sample: sharp window, noisy blurred window (light from around it included), Wiener baselines.
 
@@ -65,7 +87,6 @@ def make_sample(ctx: SampleContext, index: int, origin, timings: dict | None = N
             clock[0] = now
 
     from ..restore import sv_wiener, wiener
-    from ..sources import MixtureSource
 
     spec, lens, m = ctx.spec, ctx.lens, ctx.margin
     h, w = spec.size
@@ -75,19 +96,7 @@ def make_sample(ctx: SampleContext, index: int, origin, timings: dict | None = N
     r_src, r_noise = (np.random.default_rng(s) for s in ss.spawn(2))
     region_origin = (origin[0] - m, origin[1] - m)
     region_shape = (h + 2 * m, w + 2 * m)
-    if isinstance(ctx.source, MixtureSource):
-        src = ctx.source.sample(region_shape, r_src, index=int(index))
-    else:
-        src = ctx.source.sample(region_shape, r_src)
-    src = np.array(src, np.float64)
-    # light comes only from inside the lens field: zero the part of the margin outside the frame
-    r0, c0 = region_origin
-    src[: max(0, -r0)] = 0
-    src[:, : max(0, -c0)] = 0
-    src[max(0, H - r0) :] = 0
-    src[:, max(0, W - c0) :] = 0
-    peak = float(src.max())
-    src = (src / peak if peak > 0 else src).astype(np.float32)
+    src = source_region(ctx.source, (H, W), region_origin, region_shape, r_src, index=int(index))
     lap("source")
     op = ctx.basis.operator(shape=region_shape, origin=region_origin, allow_outside=True)
     blurred = op(src)[m : m + h, m : m + w]

@@ -19,7 +19,7 @@ from ..integrity import (WriterLock, clean_stale_temporaries, die_with_parent, d
                          terminate_as_exception)
 from ..report import safe_text
 from .sample import SampleContext, make_sample
-from .schema import block_size, open_group, validate_store
+from .schema import block_size, open_group, read_done, validate_store
 from .spec import ARRAYS, FORMAT, SPLIT_NAMES, SimulationSpec, sample_origins, split_codes, validate_spec
 from .verify import (DIGEST_BYTES, absolute_source, describe_spec_difference, environment, environment_difference,
                      source_difference, source_files, verify_dataset)
@@ -198,6 +198,10 @@ def _repair(g, v, out: Path) -> int:
     """Before a resume: blocks marked done that fail verification (or whose marker is unreadable) are marked
     not done, so that this run recomputes them; returns how many."""
     res = verify_dataset(v)
+    if res.static:  # origins / splits / PSF grid are inputs of every block: never resume on damaged ones
+        k, why = sorted(res.static.items())[0]
+        raise PsfsimError(f"{out}: array {k}: {why}; the store must be regenerated (the same command with "
+                          "--overwrite); nothing was changed")
     bad = sorted(res.bad)
     if bad:
         shown = ", ".join(str(b) for b in bad[:20]) + (" ..." if len(bad) > 20 else "")
@@ -333,7 +337,7 @@ def _simulate_locked(spec, out: Path, lens, source, run_id: str, stop, *, worker
     elapsed = time.perf_counter() - t0
     stop.check()
     g = zarr.open_group(str(out), mode="r+", use_consolidated=False)
-    complete = bool(np.all(validate_store(out).blocks_done() == 1))
+    complete = bool(np.all(read_done(g, g["done"].shape[0])[0] == 1))  # the store was validated before the run
     if complete and not g.attrs.get("complete"):
         g.attrs["complete"] = True
         g.attrs["completed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
