@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PsfsimError
-from .integrity import Terminated
 from .report import lens_summary, write_grid  # noqa: F401  (moved; still importable from here)
 
 __all__ = ["main", "build_parser"]
@@ -120,8 +119,6 @@ def cmd_verify(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    import shlex
-
     from .dataset import SimulationSpec, simulate
     from .lens import load_lens
 
@@ -136,9 +133,8 @@ def cmd_simulate(args) -> int:
         raise PsfsimError(f"--split {args.split!r}: expected three comma-separated fractions") from None
     spec = SimulationSpec(lens=lens.to_dict(), source=args.source, n=args.n, size=size, seed=args.seed,
                           photons=args.photons, read_noise=args.read_noise or 0.0, split=split, origins=args.origins)
-    command = "psfsim " + " ".join(shlex.quote(a) for a in args._argv)
+    command = _command_line(args)
     from .fft import default_workers
-
     from .integrity import Terminated
 
     try:
@@ -187,8 +183,8 @@ def _load_window(args):
     out = Path(args.out)
     _check_out(out, args)
     lens = load_lens(args.lens)
-    fill = args.nan_policy == "fill"
-    loaded = load_image(args.input, hdu=args.hdu, field_shape=tuple(lens.field.shape_px), allow_nonfinite=fill)
+    # NaN/inf pass the reader: the NaN policy is applied in one place, checked_image, just below
+    loaded = load_image(args.input, hdu=args.hdu, field_shape=tuple(lens.field.shape_px), allow_nonfinite=True)
     # the library's NaN policy and range check, first: under "fill" the NaN/inf pixels are filled from their
     # neighbours for the computation and put back as NaN in the output (args.mask), never spread
     image, args.mask = checked_image(loaded.data, str(args.input), ndims=(2,), work_dtype=loaded.data.dtype,
@@ -444,9 +440,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("psfsim: interrupted", file=sys.stderr)
         return 130
-    except Terminated:  # SIGTERM turned into an exception (psfsim.integrity): a clean stop, exit 143
-        print("psfsim: terminated", file=sys.stderr)
-        return 143
     finally:
         warnings.formatwarning = old_format
 
