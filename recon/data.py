@@ -295,18 +295,19 @@ class StoreDataset(torch.utils.data.Dataset):
             b = self.reader.read(idx, arrays=names)
             imgs = {k: getattr(b, k) for k in names}
             self._check_finite(imgs, idx)
-        origins = self.reader.origins[idx]
         h, w = self.crop
-        lens = self.lens
+        offsets = np.array([self.offset(int(i)) for i in idx], np.int64).reshape(-1, 2)
+        crop_origins = self.reader.origins[idx] + offsets  # each crop's window in the lens field
+        coords = psfsim.field_coords_batch(self.lens, origins=crop_origins, shape=(h, w), dtype=np.float32)
         out = []
         for j, i in enumerate(idx):
-            r, c = self.offset(int(i))
-            o = (int(origins[j, 0]) + r, int(origins[j, 1]) + c)
+            r, c = offsets[j]
+            o = (int(crop_origins[j, 0]), int(crop_origins[j, 1]))
             inp = np.stack([imgs[a][j, r : r + h, c : c + w] for a in self.arrays_in])
             out.append({"input": torch.from_numpy(np.ascontiguousarray(inp, np.float32)),
                         "target": torch.from_numpy(np.ascontiguousarray(imgs["sharp"][j, None, r : r + h, c : c + w],
                                                                         np.float32)),
-                        "coords": torch.from_numpy(psfsim.field_coords(lens, origin=o, shape=(h, w), dtype=np.float32)),
+                        "coords": torch.from_numpy(coords[j]),
                         "origin": torch.tensor(o, dtype=torch.int64), "index": int(i)})
         return out
 
