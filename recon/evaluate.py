@@ -266,9 +266,7 @@ def evaluate_model(model: torch.nn.Module, info: CheckpointInfo, data, out, *, d
                                           "index": int(b.index[j])})
     n = len(per["model"]["psnr"])
     scores = {m: Score(psnr_db=float(np.mean(per[m]["psnr"])), ssim=float(np.mean(per[m]["ssim"]))) for m in METHODS}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mse = {m: np.where(count > 0, sse[m] / np.maximum(count, 1), np.nan) for m in METHODS}
-    radial = {m: tuple(float(v) for v in np.atleast_1d(metrics.psnr_from_mse(mse[m]))) for m in METHODS}
+    radial = {m: tuple(float(v) for v in np.atleast_1d(metrics.psnr_from_sums(sse[m], count))) for m in METHODS}
     cfg = dict(info.model_config)
     res = EvalResult(out=out, checkpoint=str(checkpoint if checkpoint is not None else info.path),
                      data=str(os.path.abspath(ds.reader.path)), model=str(cfg.get("name", type(model).__name__)),

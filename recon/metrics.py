@@ -93,6 +93,11 @@ def radial_psnr(pred, target, radius, edges, data_range: float = 1.0) -> tuple[n
     ``pred``, ``target``, ``radius`` may be stacks ``(N, H, W)``: every image's pixels are pooled per bin.
     """
     sse, count = radial_sums(pred, target, radius, edges)
+    return psnr_from_sums(sse, count, data_range), count
+
+
+def psnr_from_sums(sse, count, data_range: float = 1.0) -> np.ndarray:
+    """PSNR of pooled squared errors ``sse`` over ``count`` pixels per bin (NaN where a bin is empty)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         mse = np.where(count > 0, sse / np.maximum(count, 1), np.nan)
-    return psnr_from_mse(mse, data_range), count
+    return psnr_from_mse(mse, data_range)
