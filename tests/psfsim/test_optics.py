@@ -270,3 +270,20 @@ def test_psf_metrics_one_pass_matches_the_single_figures():
     np.testing.assert_allclose(m.strehl, lens.strehl(x, y), rtol=1e-12)
     np.testing.assert_allclose(m.fwhm_px, lens.fwhm_px(x, y), rtol=1e-12)
     np.testing.assert_allclose(m.energy_outside, lens.energy_outside(x, y), rtol=1e-12)
+
+
+def test_psf_metrics_against_physics_not_only_the_single_figures():
+    """The one-pass metrics against independent references: Marechal's Strehl exp(-(2 pi sigma)^2) for a small
+    defocus, and the Airy FWHM 0.514 lambda / NA of an aberration-free pupil (pixel integration broadens it by
+    ~1.5 % at this sampling)."""
+    from .conftest import make_lens
+
+    sigma = 0.04
+    defocus = make_lens(zernike=[{"noll": 4, "rms_waves": sigma}])
+    m = defocus.psf_metrics(np.array([0.0]), np.array([0.0]))
+    assert m.strehl[0] == pytest.approx(np.exp(-(2 * np.pi * sigma) ** 2), rel=0.01)
+    perfect = make_lens()
+    o = perfect.optics
+    airy_fwhm_px = 0.514 * o.wavelength_nm[0] * 1e-3 / o.na / o.pixel_pitch_um
+    f = perfect.psf_metrics(np.array([0.0]), np.array([0.0])).fwhm_px[0]
+    assert airy_fwhm_px < f < 1.04 * airy_fwhm_px, (f, airy_fwhm_px)
