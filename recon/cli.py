@@ -43,29 +43,19 @@ def _user_error(e) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from psfsim.errors import PsfsimError
-
     from .evaluate import evaluate
 
-    try:
-        res = evaluate(args.data, args.checkpoint, args.out, device=args.device, batch=args.batch,
-                       overwrite=args.overwrite, bins=args.bins, progress=sys.stderr.isatty())
-    except (PsfsimError, OSError) as e:
-        return _user_error(e)
+    res = evaluate(args.data, args.checkpoint, args.out, device=args.device, batch=args.batch,
+                   overwrite=args.overwrite, bins=args.bins, progress=sys.stderr.isatty())
     print(res.summary())
     print(f"wrote {res.out}/ (results.md, results.csv, radial.csv, results.json, before_after.png, radial_psnr.png)")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from psfsim.errors import PsfsimError
-
     from .evaluate import compare
 
-    try:
-        res = compare(args.runs, args.out, overwrite=args.overwrite)
-    except (PsfsimError, OSError) as e:
-        return _user_error(e)
+    res = compare(args.runs, args.out, overwrite=args.overwrite)
     for r in res.rows:
         print(f"{r['run']}: {r['model']} ({r['params']:,d} parameters) {r['psnr_db']:.2f} dB, SSIM {r['ssim']:.4f}, "
               f"{r['gain_vs_wiener_sv_db']:+.2f} dB against SV-Wiener")
@@ -74,38 +64,25 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from psfsim.errors import PsfsimError
-
     from .export import export
 
-    try:
-        res = export(args.checkpoint, args.to, size=args.size, tolerance=args.tolerance, overwrite=args.overwrite)
-    except (PsfsimError, OSError) as e:
-        return _user_error(e)
+    res = export(args.checkpoint, args.to, size=args.size, tolerance=args.tolerance, overwrite=args.overwrite)
     print(res.summary())
     return 0 if res.ok else 1
 
 
 def cmd_fit(args) -> int:
-    """``recon fit``: simulate (or reuse a store), train, evaluate; errors as one line, exit 2."""
-    from psfsim.errors import PsfsimError
-
+    """``recon fit``: simulate (or reuse a store), train, evaluate (errors: one line in :func:`main`)."""
     from .config import parse_model_arg
     from .fit import FitConfig, fit
 
-    try:
-        margs = dict(parse_model_arg(t) for t in (args.model_arg or ()))
-        kw = {k: getattr(args, k) for k in ("data", "source", "n", "size", "photons", "model", "epochs", "batch",
-                                            "crop", "lr", "seed", "workers", "device") if getattr(args, k) is not None}
-        if margs:
-            kw["model_args"] = {"depth": 3, "residual": True, **margs}
-        cfg = FitConfig(lens=args.lens, out=args.out, **kw)
-        fit(cfg, progress=not args.quiet)
-    except (PsfsimError, OSError) as e:
-        return _user_error(e)
-    except KeyboardInterrupt:
-        print(f"recon: interrupted; run the same recon fit again to continue ({args.out})", file=sys.stderr)
-        return 130
+    args.resume_hint = f"run the same recon fit again to continue ({args.out})"
+    margs = dict(parse_model_arg(t) for t in (args.model_arg or ()))
+    kw = {k: getattr(args, k) for k in ("data", "source", "n", "size", "photons", "model", "epochs", "batch",
+                                        "crop", "lr", "seed", "workers", "device") if getattr(args, k) is not None}
+    if margs:  # over the fit's own default model arguments
+        kw["model_args"] = {**FitConfig.__dataclass_fields__["model_args"].default_factory(), **margs}
+    fit(FitConfig(lens=args.lens, out=args.out, **kw), progress=not args.quiet)
     return 0
 
 
@@ -160,23 +137,16 @@ def _add_eval_parsers(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    """``recon train``: errors (bad options, data, a refused resume, OOM, NaN) as one line, exit 2."""
-    from psfsim.errors import PsfsimError
-
+    """``recon train`` (errors, bad options, data, a refused resume, OOM, NaN: one line in :func:`main`)."""
     from .config import resolve_config
     from .train import train
 
-    try:
-        opts = {k: getattr(args, k) for k in ("data", "lens", "source", "model", "epochs", "batch", "crop", "lr",
-                                              "patience", "loss", "device", "amp", "seed", "workers", "with_baselines")}
-        cfg = resolve_config(opts, config_file=args.config, model_args=args.model_arg or (), out=args.out,
-                             resume=args.resume, overwrite=args.overwrite)
-        res = train(cfg, progress=not args.quiet)
-    except (PsfsimError, OSError) as e:
-        return _user_error(e)
-    except KeyboardInterrupt:
-        print(f"recon: interrupted; continue with: recon train --out {args.out} --resume", file=sys.stderr)
-        return 130
+    args.resume_hint = f"continue with: recon train --out {args.out} --resume"
+    opts = {k: getattr(args, k) for k in ("data", "lens", "source", "model", "epochs", "batch", "crop", "lr",
+                                          "patience", "loss", "device", "amp", "seed", "workers", "with_baselines")}
+    cfg = resolve_config(opts, config_file=args.config, model_args=args.model_arg or (), out=args.out,
+                         resume=args.resume, overwrite=args.overwrite)
+    res = train(cfg, progress=not args.quiet)
     print(f"{res.out}: {res.epochs} epochs, best validation loss {res.best_val_loss:.4g} "
           f"(PSNR {res.best_val_psnr:.2f} dB) at epoch {res.best_epoch}: {res.best_checkpoint}")
     return 0
@@ -244,7 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         p.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from psfsim.errors import PsfsimError
+
+    try:  # every command's user errors: one line, exit 2 (ReconError is a PsfsimError)
+        return int(args.func(args) or 0)
+    except (PsfsimError, OSError) as e:
+        return _user_error(e)
+    except KeyboardInterrupt:
+        hint = getattr(args, "resume_hint", "")
+        print(f"recon: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

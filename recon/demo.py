@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (run, model) in enumerate(MODELS.items(), 1):
             print(f"\n[{i}/{len(MODELS) + 1}] {model}, depth 3, residual, {args.epochs} epochs on {args.data}")
             cfg = FitConfig(lens=args.lens, out=str(out / run), data=args.data, model=model,
-                            model_args={"depth": 3, "residual": True}, epochs=args.epochs, crop=64, batch=8)
+                            epochs=args.epochs, crop=64, batch=8)  # model_args: the fit default (depth 3, residual)
             res = fit(cfg, progress=False, log=lambda s: print("  " + s.replace("\n", "\n  ")))
             evals.append(res.evaluation.out)
         print(f"\n[{len(MODELS) + 1}/{len(MODELS) + 1}] comparison")
