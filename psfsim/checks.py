@@ -14,9 +14,20 @@ import numpy as np
 
 from .errors import PsfsimError
 
-__all__ = ["NAN_POLICIES", "checked_image", "remask", "check_result", "checked_psf", "as_lens"]
+__all__ = ["result_dtype", "NAN_POLICIES", "checked_image", "remask", "check_result", "checked_psf", "as_lens"]
 
 NAN_POLICIES = ("raise", "fill")
+
+
+def result_dtype(a) -> np.dtype:
+    """The one dtype rule of psfsim (operators, restorations, image files read): float32 and float64 are kept;
+    any other real input (integers, bool, float16) gives float32. Complex input is refused."""
+    dt = np.dtype(a) if isinstance(a, (np.dtype, type)) else np.asarray(a).dtype
+    if dt.kind == "c":
+        raise PsfsimError(f"complex input ({dt}): expected a real image (take .real or abs() yourself)")
+    if dt.kind not in "fiub":
+        raise PsfsimError(f"input of dtype {dt}: expected a real numeric image")
+    return dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
 
 
 def _fill_nearest(a: np.ndarray, bad: np.ndarray) -> np.ndarray:

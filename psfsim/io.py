@@ -63,9 +63,11 @@ def max_image_bytes() -> int:
 
 
 def work_dtype(file_dtype) -> np.dtype:
-    """The dtype psfsim reads a file dtype as: float32 / float64 kept, anything else numeric float32."""
-    d = np.dtype(file_dtype)
-    return np.dtype(np.float64) if d.kind == "f" and d.itemsize == 8 else np.dtype(np.float32)
+    """The dtype psfsim reads a file dtype as: :func:`psfsim.checks.result_dtype`, the one rule (float32 /
+    float64 kept, any other numeric type float32); byte order aside (big-endian FITS reads native)."""
+    from .checks import result_dtype
+
+    return result_dtype(np.dtype(file_dtype).newbyteorder("="))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class NoiseModel:
         Poisson mean ``photons * value`` must stay a count) are refused.
         """
         from .checks import checked_image
-        from .operators.lowrank import result_dtype
+        from .checks import result_dtype
 
         if not isinstance(rng, np.random.Generator):
             raise PsfsimError(f"rng = {rng!r}: expected a numpy.random.Generator (np.random.default_rng(seed))")

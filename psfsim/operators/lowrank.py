@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import BoundedCache
+from ..checks import result_dtype
 from ..errors import PsfsimError
 from ..fft import get_backend
 from .spline import SplineAxis, spline_weights
@@ -41,17 +42,6 @@ _DENSE_MAPS_BYTES = 64 * 2**20
 #: Bound of the eigen-PSF transform cache of one basis (edge tiles and odd windows have their own shapes).
 KERNEL_CACHE_BYTES = 512 * 2**20
 _SAVE_FORMAT = "psfsim-lowrank-basis/1"
-
-
-def result_dtype(a) -> np.dtype:
-    """The one output-dtype rule of every psfsim operator and restoration: float32 and float64 inputs keep
-    their dtype; any other real input (integers, bool, float16) gives float32. Complex input is refused."""
-    dt = np.asarray(a).dtype if not hasattr(a, "kind") else np.dtype(a)
-    if dt.kind == "c":
-        raise PsfsimError(f"complex input ({dt}): expected a real image (take .real or abs() yourself)")
-    if dt.kind not in "fiub":
-        raise PsfsimError(f"input of dtype {dt}: expected a real numeric image")
-    return dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
 
 
 def as_image_batch(a, shape, work_dtype=np.float32) -> tuple[np.ndarray, bool]:

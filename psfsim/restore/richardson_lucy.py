@@ -50,7 +50,7 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
         Non-finite pixels: refused, or filled for the computation and NaN in the output (:mod:`psfsim.checks`).
     """
     from ..checks import check_result, checked_image, remask
-    from ..operators.lowrank import result_dtype
+    from ..checks import result_dtype
 
     try:
         if int(iters) != iters or iters < 1:

@@ -74,7 +74,7 @@ def sv_wiener(image: np.ndarray, lens, *, origin=(0, 0), patch: int = 64, balanc
     """
     from ..checks import as_lens, check_result, checked_image, remask
     from ..field import check_window
-    from ..operators.lowrank import result_dtype
+    from ..checks import result_dtype
 
     lens = as_lens(lens)
     dtype = result_dtype(image)

@@ -217,7 +217,7 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
     if reg not in REGULARISERS:
         raise PsfsimError(f"reg = {reg!r}: expected one of {', '.join(REGULARISERS)}")
     from ..checks import check_result, checked_image, checked_psf, remask
-    from ..operators.lowrank import result_dtype
+    from ..checks import result_dtype
 
     dtype = result_dtype(image)
     image, mask = checked_image(image, nan_policy=nan_policy)
