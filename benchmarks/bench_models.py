@@ -21,23 +21,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import best_of  # noqa: E402
 import recon  # noqa: E402
 from recon.coords import coords_1d, frame_coords  # noqa: E402
 from recon.models import MODELS  # noqa: E402
-
-
-def best_of(fn, n: int, sync=None) -> float:
-    fn()
-    if sync:
-        sync()
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def inputs(name, size, device):

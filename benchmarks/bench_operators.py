@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import best_of  # noqa: E402
 import psfsim  # noqa: E402
 from psfsim.operators import ExactOperator, lowrank_basis, make_operator, torch_blur  # noqa: E402
 from psfsim.restore import wiener  # noqa: E402
@@ -44,17 +46,6 @@ ORIGIN = (0, 0)  # the frame's corner: the strongest (most defocused) blur of th
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def best_of(fn, nrep: int) -> float:
-    """Best wall time of ``nrep`` calls of ``fn()``, after one warm-up call (plans, caches, lazy members)."""
-    fn()
-    best = float("inf")
-    for _ in range(nrep):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def timed(fn):
