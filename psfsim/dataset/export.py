@@ -99,9 +99,8 @@ def _create(f, arr, name: str, *, per_sample: bool):
 def _copy_blocks(v, per: dict) -> None:
     """The per-sample arrays, block by block, each block checked against its recorded digest first."""
     from ..integrity import digest_arrays
-    from .verify import check_no_fill, recorded_digests
-
-    from .verify import static_bad
+    from .schema import block_range
+    from .verify import check_no_fill, read_block, recorded_digests, static_bad
 
     static = static_bad(v.group)
     if static:
@@ -110,9 +109,9 @@ def _copy_blocks(v, per: dict) -> None:
     digests = recorded_digests(v.group, v.n_blocks)
     n = v.spec.n
     for b in range(v.n_blocks):
-        i0, i1 = b * v.block, min((b + 1) * v.block, n)
+        i0, i1 = block_range(b, v.block, n)
         try:
-            data = [np.asarray(v.group[k][i0:i1]) for k in ARRAYS]
+            data = read_block(v.group, b, v.block, n)
         except Exception as e:  # noqa: BLE001 - a chunk checksum error, a decode error
             raise PsfsimError(f"{v.path}: block {b} (samples {i0}-{i1 - 1}) is unreadable ({type(e).__name__}); "
                               "nothing was exported (run psfsim verify on it)") from None

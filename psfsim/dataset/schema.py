@@ -86,6 +86,11 @@ class ValidatedStore:
         return read_done(self.group, self.n_blocks)[0]
 
 
+def block_range(b: int, block: int, n: int) -> tuple[int, int]:
+    """Samples ``[i0, i1)`` of block ``b`` of ``block`` samples in a store of ``n`` (the last one may be short)."""
+    return b * block, min((b + 1) * block, n)
+
+
 def read_done(group, n_blocks: int) -> tuple[np.ndarray, list[int]]:
     """``(done, damaged)``: the ``done`` markers (unreadable or invalid ones as 0) and the blocks whose marker was
     unreadable or not 0 / 1."""

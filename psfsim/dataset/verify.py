@@ -153,7 +153,10 @@ class VerifyResult:
         return not self.bad and not self.static
 
     def samples(self, b: int) -> tuple[int, int]:
-        return b * self.block, min((b + 1) * self.block, self.n) - 1
+        from .schema import block_range
+
+        i0, i1 = block_range(b, self.block, self.n)
+        return i0, i1 - 1
 
 
 #: Arrays written once when the store is created: one digest each, in the ``static_digests`` attribute.
@@ -181,10 +184,17 @@ def static_bad(group) -> dict:
     return bad
 
 
+def read_block(group, b: int, block: int, n: int) -> list[np.ndarray]:
+    """Block ``b`` of the image arrays as stored, in :data:`ARRAYS` order (what its digest covers)."""
+    from .schema import block_range
+
+    i0, i1 = block_range(b, block, n)
+    return [np.asarray(group[k][i0:i1]) for k in ARRAYS]
+
+
 def block_digest(group, b: int, block: int, n: int) -> str:
-    """Digest of block ``b`` as stored (the arrays' samples ``b * block`` to the block's end)."""
-    i0, i1 = b * block, min((b + 1) * block, n)
-    return digest_arrays(np.asarray(group[k][i0:i1]) for k in ARRAYS)
+    """Digest of block ``b`` as stored (:func:`read_block`)."""
+    return digest_arrays(read_block(group, b, block, n))
 
 
 def recorded_digests(group, n_blocks: int) -> list[str | None]:

@@ -19,7 +19,7 @@ from ..integrity import (WriterLock, clean_stale_temporaries, die_with_parent, d
                          terminate_as_exception)
 from ..report import safe_text
 from .sample import SampleContext, make_sample
-from .schema import block_size, open_group, read_done, validate_store
+from .schema import block_range, block_size, open_group, read_done, validate_store
 from .spec import ARRAYS, FORMAT, SPLIT_NAMES, SimulationSpec, sample_origins, split_codes, validate_spec
 from .verify import (DIGEST_BYTES, absolute_source, describe_spec_difference, environment, environment_difference,
                      source_difference, source_files, verify_dataset)
@@ -67,8 +67,7 @@ def _run_block(path: str, b: int, block: int, run_id: str, parent: int | None = 
     ctx = _CTX
     g = zarr.open_group(path, mode="r+", use_consolidated=False)
     _check_run(g, run_id, path)
-    n = ctx.spec.n
-    i0, i1 = b * block, min((b + 1) * block, n)
+    i0, i1 = block_range(b, block, ctx.spec.n)
     origins = g["origin"][i0:i1]
     h, w = ctx.spec.size
     out = {k: np.empty((i1 - i0, h, w), np.float32) for k in ARRAYS}
@@ -294,7 +293,8 @@ def _simulate_locked(spec, out: Path, lens, source, run_id: str, stop, *, worker
         todo = todo[:max_blocks]
 
     def block_len(b):
-        return min((b + 1) * block, spec.n) - b * block
+        i0, i1 = block_range(b, block, spec.n)
+        return i1 - i0
 
     n_todo = sum(block_len(b) for b in todo)
     n_missing = sum(block_len(int(b)) for b in np.nonzero(done == 0)[0])
