@@ -197,6 +197,46 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# -- the papers' experiments (recon experiment NAME) -----------------------------------------------------------
+def _add_experiment_parsers(sub) -> None:
+    import importlib.util
+
+    from .experiments import EXPERIMENTS
+
+    sp = sub.add_parser("experiment", help="reproduce one of the papers' experiments (table, figure, verdicts)",
+                        description="Each experiment is resumable: re-run it with the same arguments and it "
+                                    "continues with the models not yet finished.")
+    esub = sp.add_subparsers(dest="experiment", metavar="NAME", parser_class=_Parser)
+    for name, text in EXPERIMENTS.items():
+        if importlib.util.find_spec(f"recon.experiments.{name}") is None:  # pragma: no cover
+            continue
+        ep = esub.add_parser(name, help=text, description=text)
+        ep.add_argument("--out", default=f"experiments/{name}", help="output folder (default: %(default)s)")
+        ep.add_argument("--quick", action="store_true", help="a small version for tests (under a minute or two)")
+        ep.add_argument("--overwrite", action="store_true", help="start again in a folder of another run")
+        ep.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
+        from .experiments import experiment_module
+
+        mod = experiment_module(name)
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(ep)
+        ep.set_defaults(func=cmd_experiment, resume_hint="run the same command again to resume")
+    sp.set_defaults(func=lambda args: (sp.print_help(), 2)[1])
+
+
+def cmd_experiment(args) -> int:
+    import sys as _sys
+
+    from .experiments import experiment_module
+
+    mod = experiment_module(args.experiment)
+    opts = {k: v for k, v in vars(args).items()
+            if k not in ("func", "command", "experiment", "out", "quick", "overwrite", "resume_hint")}
+    res = mod.run(args.out, quick=args.quick, overwrite=args.overwrite, progress=_sys.stderr.isatty(), **opts)
+    print(res.summary() if hasattr(res, "summary") else res)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
@@ -210,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_fit_parser(sub)
     _add_train_parser(sub)
     _add_eval_parsers(sub)
+    _add_experiment_parsers(sub)
     args = p.parse_args(argv)
     if not getattr(args, "func", None):
         p.print_help()
