@@ -132,13 +132,13 @@ def _axes(ndim: int, stack_axis: str) -> list[dict]:
 
 
 def _level_shapes(shape: tuple, chunks: tuple) -> list[tuple]:
-    """Shapes of the pyramid levels 0, 1, ...: each halves (rounding up) the frame axes, until the frame fits
-    in one chunk (at least one level below 0 when the frame is 2 px or more on each side)."""
+    """Shapes of the pyramid levels 0, 1, ...: each halves (rounding up) the frame axes, until a frame fits in
+    one chunk (at least one level below 0 when the frame is 2 px or more on each side)."""
     out = [tuple(shape)]
-    big = max(chunks[-2:])
+    th, tw = chunks[-2:]
     while True:
         h, w = out[-1][-2:]
-        if min(h, w) < 2 or (len(out) > 1 and max(h, w) <= big):
+        if min(h, w) < 2 or (len(out) > 1 and h <= th and w <= tw):
             break
         out.append(tuple(shape[:-2]) + (-(-h // 2), -(-w // 2)))
     return out
@@ -274,10 +274,6 @@ class OutputStore:
             raise PipelineError(f"{p}: record {record!r}: expected a dict")
         record = _jsonable(record, f"{p}: record")
         axes = _axes(len(shape), stack_axis)
-        if p.exists() and not p.is_dir():
-            raise PipelineError(f"--out {p}: exists and is not a folder")
-        if not p.parent.is_dir():
-            raise PipelineError(f"--out {p}: folder {p.parent} does not exist")
         ins = list(inputs)
         rin = record.get("input")
         if isinstance(rin, dict) and isinstance(rin.get("path"), str):
@@ -287,6 +283,10 @@ class OutputStore:
             for i in ins:  # an output folder holding the input would be deleted by --overwrite
                 if Path(os.path.abspath(i)).is_relative_to(p):
                     raise PipelineError(f"--out {p}: contains the input {i}; choose another output path")
+            if p.exists() and not p.is_dir():
+                raise PipelineError(f"--out {p}: exists and is not a folder")
+            if not p.parent.is_dir():
+                raise PipelineError(f"--out {p}: folder {p.parent} does not exist")
             lock = WriterLock(p, what="pipelines").acquire()
         except PsfsimError as e:
             raise PipelineError(str(e)) from None
