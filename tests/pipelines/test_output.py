@@ -63,16 +63,26 @@ def test_round_trip_read_back_by_ome_zarr_py_and_valid_ngff(tmp_path, shape):
     assert zarr.open_array(str(out / "0"), mode="r").chunks == ((32, 32) if len(shape) == 2 else (1, 32, 32))
 
 
-def test_pyramid_levels_are_2x_means_and_valid_ngff(tmp_path):
+def test_pyramid_levels_are_2x_means_and_valid_ngff(tmp_path, monkeypatch):
     import zarr
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
     from ome_zarr_models.v05.image import Image
     from skimage.transform import downscale_local_mean
 
+    import pipelines.output as output
+
     a = np.random.default_rng(1).random((2, 136, 200)).astype(np.float32)
     out = tmp_path / "p.zarr"
+    seen = []
+
+    def spy(block):
+        seen.append(block.shape)
+        return downsample_mean2(block)
+
+    monkeypatch.setattr(output, "downsample_mean2", spy)
     _complete(out, a, chunks=(32, 48), pyramid=True)
+    assert max(int(np.prod(s)) for s in seen) <= 64 * 96  # chunk-wise: one frame's 2 x 2 chunks at a time
     node = next(iter(Reader(parse_url(str(out)))()))
     levels = [np.asarray(d) for d in node.data]
     assert [lv.shape for lv in levels] == [(2, 136, 200), (2, 68, 100), (2, 34, 50), (2, 17, 25)]  # fits a chunk
@@ -137,6 +147,35 @@ def test_crash_between_data_and_flag_then_resume_is_byte_identical(tmp_path, mon
     s.close()
     assert _chunk_files(out) == _chunk_files(ref)
     np.testing.assert_array_equal(open_result(out)[0][...], a)
+
+
+def test_chunks_written_from_another_process(tmp_path):
+    """A worker process gets the pickled store (no lock), writes its chunks and their flags; the run that holds
+    the lock finishes it, and the result equals a store written in one process, byte for byte."""
+    import os
+    import subprocess
+    import sys
+
+    a = _data((64, 96))
+    ref = tmp_path / "ref.zarr"
+    _complete(ref, a)
+    out = tmp_path / "out.zarr"
+    with OutputStore.create(out, shape=a.shape, chunks=(32, 32), record=RECORD) as s:
+        half = s.pending()[::2]
+        np.save(tmp_path / "a.npy", a)
+        (tmp_path / "job.pkl").write_bytes(pickle.dumps((s, half)))
+        code = ("import pickle, sys, numpy as np\n"
+                "s, todo = pickle.load(open(sys.argv[1], 'rb'))\n"
+                "a = np.load(sys.argv[2])\n"
+                "[s.write_chunk(i, a[s.chunk_region(i)]) for i in todo]\n")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                           os.environ.get("PYTHONPATH", "")]))
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.pkl"), str(tmp_path / "a.npy")],
+                       check=True, env=env, timeout=120)
+        assert s.pending() == [i for i in np.ndindex(*s.grid) if i not in half]
+        _write(s, a)
+        s.finish(summary={"tiles": 6})
+    assert _chunk_files(out) == _chunk_files(ref)
 
 
 def test_resume_recomputes_a_chunk_that_fails_its_digest(tmp_path, capsys):
@@ -267,6 +306,9 @@ def test_export_tiff_and_refusals(tmp_path):
     out = tmp_path / "out.zarr"
     _complete(out, a, chunks=(16, 16))
     np.testing.assert_array_equal(tifffile.imread(export(out, tmp_path / "res.tif")), a)
+    back = open_frame(tmp_path / "res.tif")  # three greyscale pages, not an RGB image
+    assert back.info.shape == (3, 40, 50)
+    np.testing.assert_array_equal(back.read(2, slice(None), slice(None)), a[2])
     with pytest.raises(PipelineError, match=r"unknown type '.png'; expected one of .fits"):
         export(out, tmp_path / "res.png")
     with pytest.raises(PipelineError, match="not a pipelines output"):
