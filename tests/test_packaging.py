@@ -60,7 +60,9 @@ def test_wheel_ships_the_lens_presets(tmp_path):
 
     src = _copy_source(tmp_path / "src")
     wheels = tmp_path / "wheels"
-    run = dict(capture_output=True, text=True, timeout=300)
+    # No PYTHONPATH for any step: a source checkout on it (with its egg-info) makes pip see svblur as installed
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PSFSIM_PRESETS", "PYTHONHOME")}
+    run = dict(capture_output=True, text=True, timeout=300, env=env)
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                           "-q", "-w", str(wheels), str(src)], **run)
     assert out.returncode == 0, out.stderr
@@ -74,11 +76,10 @@ def test_wheel_ships_the_lens_presets(tmp_path):
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, **run).stdout.strip())
     (site / "_host_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PSFSIM_PRESETS", "PYTHONHOME")}
     code = "import psfsim; print(psfsim.__file__); print(psfsim.load_lens('microscope').name)"
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    out = subprocess.run([str(py), "-c", code], cwd=cwd, env=env, **run)
+    out = subprocess.run([str(py), "-c", code], cwd=cwd, **run)
     assert out.returncode == 0, out.stderr
     file, name = out.stdout.split()
     assert Path(file).resolve().is_relative_to(venv.resolve()), file
