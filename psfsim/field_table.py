@@ -27,8 +27,8 @@ Interpolation (each a function of the pixel position, applied to every Zernike c
 
 Outside the table
 -----------------
-A point within half a pixel of the table's convex hull takes the value at the nearest point of the hull (the
-half pixel is the edge pixels' own area, the tolerance of the lens field). Farther out, a point is refused
+A point within half a pixel's diagonal (0.71 px) of the table's convex hull takes the value at the nearest
+point of the hull (so the edge pixels' own area, the tolerance of the lens field, is covered). Farther out, a point is refused
 naming its position, unless ``extrapolate = "nearest"``: then it too takes the value at the nearest point of
 the hull (continuous across the hull; for a grid, the coordinates clamped to the grid).
 """
@@ -69,8 +69,9 @@ MAX_TABLE_POINTS = 10000
 #: Largest table file read, in bytes.
 MAX_TABLE_BYTES = 16 * 2**20
 #: Points this far (px) outside the table's hull take the value at the nearest point of the hull even without
-#: ``extrapolate = "nearest"``: the edge pixels' own area, the lens field's tolerance.
-EDGE_TOLERANCE_PX = 0.5
+#: ``extrapolate = "nearest"``: half a pixel's diagonal, so the edge pixels' own area (the lens field's
+#: tolerance, half a pixel in row and column) is covered by a table whose points reach the edge pixels' centres.
+EDGE_TOLERANCE_PX = math.sqrt(0.5)
 #: Two points closer than this (px) are the same point.
 _DUPLICATE_PX = 1e-6
 _ZCOL_RE = re.compile(r"^Z([1-9]\d*)$")

@@ -29,13 +29,15 @@ def safe_text(s, limit: int = 200) -> str:
 
 def lens_summary(lens) -> str:
     """Human-readable summary of a lens (``psfsim info LENS``): optics, sampling, Strehl and FWHM over the field."""
+    from .field_table import EDGE_TOLERANCE_PX
+
     o, f, s = lens.optics, lens.field, lens.psf_sampling
     H, W = f.shape_px
     corners = f.corners_field
     far = corners[np.argmax(np.hypot(corners[:, 0], corners[:, 1]))]
     table = lens.field_table
     centre, centre_name, row = (0.0, 0.0), "centre", f.axis_px[0]
-    if table is not None and table.extrapolate == "none" and table.hull_distance(*f.axis_px)[0][0] > 0.5:
+    if table is not None and table.extrapolate == "none" and table.hull_distance(*f.axis_px)[0][0] > EDGE_TOLERANCE_PX:
         # an off-axis frame whose table does not reach the axis: the frame's centre instead
         row = (H - 1) / 2
         centre, centre_name = tuple(float(v) for v in f.pixel_to_field(row, (W - 1) / 2)), "frame centre"
@@ -68,6 +70,8 @@ def lens_summary(lens) -> str:
 def field_table_lines(lens) -> list[str]:
     """``psfsim info`` lines of a lens's field table: its source and points, extent (pixels and field
     coordinates), terms, wavelength and interpolation."""
+    from .field_table import EDGE_TOLERANCE_PX
+
     t, f = lens.field_table, lens.field
     (r0, c0), (r1, c1) = t.points_px.min(0), t.points_px.max(0)
     x0, y0 = f.pixel_to_field(r0, c0)
@@ -83,7 +87,7 @@ def field_table_lines(lens) -> list[str]:
         f"table terms     {terms} RMS waves at {t.wavelength_nm:g} nm (x{scale:.4g} at the reference wavelength); "
         f"piston/tilt {'kept' if t.keep_tilt else 'dropped'}",
         f"interpolation   {t.interpolation}; outside the table's hull: "
-        + ("nearest point of the hull" if t.extrapolate == "nearest" else "refused (half a pixel of tolerance)"),
+        + ("nearest point of the hull" if t.extrapolate == "nearest" else f"refused ({EDGE_TOLERANCE_PX:.2f} px of tolerance)"),
     ]
 
 
