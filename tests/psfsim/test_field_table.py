@@ -467,9 +467,9 @@ def _galsim_psf(galsim, coeffs: dict, k: int, lod: float) -> np.ndarray:
 @pytest.mark.slow
 def test_table_lens_matches_galsim_at_and_between_table_points():
     """psfsim's PSFs of a tabulated lens against ``galsim.OpticalPSF`` with the coefficients that scipy's
-    LinearNDInterpolator gives on the same table, at table points and between them (4e-3 of the peak, 3.5e-3
-    measured: mostly psfsim's midpoint pixel quadrature at oversample 8), and the field variation (PSF minus
-    the frame-centre PSF, a few percent of the peak) to 4 % of its norm."""
+    LinearNDInterpolator gives on the same table, at table points and between them (4e-3 of the peak; 2.2e-3 to
+    3.2e-3 measured, mostly psfsim's midpoint pixel quadrature at oversample 8), and the field variation (PSF
+    minus the frame-centre PSF, 4 % to 13 % of the peak here) to 2 % of its norm (0.7 % to 1.0 % measured)."""
     galsim = pytest.importorskip("galsim")
     cols = _synthetic_table()
     k = 33
@@ -493,7 +493,7 @@ def test_table_lens_matches_galsim_at_and_between_table_points():
     for i in range(len(d_ours)):
         rel = np.linalg.norm(d_ours[i] - d_theirs[i]) / np.linalg.norm(d_theirs[i])
         assert np.abs(d_theirs[i]).max() > 0.01 * theirs[0].max()  # the variation is real, not noise
-        assert rel < 0.04, (q[i + 1], rel)
+        assert rel < 0.02, (q[i + 1], rel)
 
 
 @pytest.mark.slow
