@@ -384,6 +384,7 @@ def test_strehl_map_marks_the_table_points(tmp_path):
     np.testing.assert_allclose(np.asarray(offsets)[:, ::-1], lens.field_table.points_px)
 
 
+@pytest.mark.slow
 def test_operators_work_on_a_tabulated_lens():
     """The fast (low-rank) operator of a tabulated lens against its exact operator, on a window."""
     cols = grid_cols(Z4=lambda r, c: 0.1 * (r - 31.5) / 31.5, Z7=lambda r, c: 0.05 * (c - 31.5) / 31.5)
