@@ -82,9 +82,88 @@ def cmd_grid(args) -> int:
         raise PsfsimError(f"--n {args.n}: expected 1 <= NY, NX and NY * NX <= 4096")
     check_grid_out(Path(args.out), overwrite=args.overwrite)
     lens = load_lens(args.lens)
-    files = write_grid(lens, Path(args.out), ny, nx, log=not args.linear, overwrite=args.overwrite)
+    files = write_grid(lens, Path(args.out), ny, nx, log=not args.linear, overwrite=args.overwrite,
+                       table_points=not args.no_table_points)
     for k, p in files.items():
         print(f"{k:8s} {p}")
+    return 0
+
+
+def _toml_string(v: str) -> str:
+    import json
+
+    return json.dumps(v)  # a JSON string is a TOML basic string (same escapes)
+
+
+def table_lens_toml(*, name: str, table_file: str, table_wavelength_nm: float, wavelength_nm, weights, na: float,
+                    pixel_pitch_um: float, shape_px, axis_px=None, obscuration: float = 0.0, size_px: int = 33,
+                    oversample: int = 4, interpolation: str = "linear", extrapolate: str = "none",
+                    keep_tilt: bool = False, convention: str = "born-wolf") -> str:
+    """The text of a lens file whose aberrations are a field table (``psfsim lens from-table``)."""
+    wl = ", ".join(repr(float(w)) for w in wavelength_nm)
+    lines = [f"# written by psfsim lens from-table from {table_file}", f"name = {_toml_string(name)}"]
+    if convention != "born-wolf":
+        lines.append(f"convention = {_toml_string(convention)}")
+    lines += ["", "[optics]", f"wavelength_nm = {'[' + wl + ']' if len(wavelength_nm) > 1 else wl}"]
+    if weights is not None:
+        lines.append("weights = [" + ", ".join(repr(float(w)) for w in weights) + "]")
+    lines += [f"na = {na!r}", f"pixel_pitch_um = {pixel_pitch_um!r}"]
+    if obscuration:
+        lines.append(f"obscuration = {obscuration!r}")
+    lines += ["", "[field]", f"shape_px = [{int(shape_px[0])}, {int(shape_px[1])}]"]
+    if axis_px is not None:
+        lines.append(f"axis_px = [{float(axis_px[0])!r}, {float(axis_px[1])!r}]")
+    lines += ["", "[psf]", f"size_px = {int(size_px)}", f"oversample = {int(oversample)}",
+              "", "[field_table]", f"file = {_toml_string(table_file)}          # relative to this file",
+              f"wavelength_nm = {float(table_wavelength_nm)!r}   # the wavelength of the table's RMS waves",
+              f"interpolation = {_toml_string(interpolation)}",
+              f"extrapolate = {_toml_string(extrapolate)}",
+              f"keep_tilt = {'true' if keep_tilt else 'false'}"]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_lens_from_table(args) -> int:
+    """Write a lens file around a field table, after checking the table and the whole lens (nothing is
+    written when either is refused)."""
+    import math
+    import os
+
+    from .field_table import read_table_csv
+    from .lens import lens_from_toml
+    from .report import field_table_lines
+    from .store import atomic_file, check_output
+
+    table = Path(args.table)
+    out = Path(args.out)
+    if out.suffix.lower() != ".toml":
+        raise PsfsimError(f"--out {out}: expected a .toml lens file")
+    check_output(out, overwrite=args.overwrite)
+    read_table_csv(table, where=str(table))  # the table's own checks first, naming the file
+    shape = _pair(args.shape_px, int, "--shape-px")
+    axis = _pair(args.axis_px, float, "--axis-px") if args.axis_px else None
+    try:
+        wls = [float(v) for v in args.wavelength_nm.split(",")] if args.wavelength_nm else [args.table_wavelength_nm]
+        weights = [float(v) for v in args.weights.split(",")] if args.weights else None
+    except ValueError:
+        raise PsfsimError(f"--wavelength-nm {args.wavelength_nm!r} / --weights {args.weights!r}: expected "
+                          "comma-separated numbers") from None
+    oversample = args.oversample
+    if oversample is None:  # at least 4, and enough for the fine grid to reach Nyquist
+        nyq = min(wls) * 1e-3 / (4 * args.na) if args.na > 0 and min(wls) > 0 else args.pixel_pitch_um
+        oversample = max(4, math.ceil(args.pixel_pitch_um / nyq - 1e-9)) if nyq > 0 else 4
+    rel = os.path.relpath(table.resolve(), out.resolve().parent)
+    text = table_lens_toml(
+        name=args.name or table.stem, table_file=Path(rel).as_posix(), table_wavelength_nm=args.table_wavelength_nm,
+        wavelength_nm=wls, weights=weights, na=args.na, pixel_pitch_um=args.pixel_pitch_um, shape_px=shape,
+        axis_px=axis, obscuration=args.obscuration, size_px=args.size_px, oversample=oversample,
+        interpolation=args.interpolation, extrapolate=args.extrapolate, keep_tilt=args.keep_tilt,
+        convention=args.convention)
+    lens = lens_from_toml(text, where=str(out), base_dir=out.resolve().parent)  # every check, the box included
+    with atomic_file(out) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    print("\n".join(field_table_lines(lens)))
+    print(f"lens {lens.name}: {shape[0]} x {shape[1]} px, NA {lens.optics.na:g}, PSF box {lens.psf_sampling.size_px} px, "
+          f"oversample {lens.psf_sampling.oversample} -> {out}")
     return 0
 
 
@@ -324,7 +403,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--linear", action="store_true", help="linear montage stretch (default: log)")
     sp.add_argument("--overwrite", action="store_true", help="replace the grid files already in the folder")
+    sp.add_argument("--no-table-points", action="store_true",
+                    help="lens with a [field_table]: do not mark the table's points on the Strehl map")
     sp.set_defaults(func=cmd_grid)
+
+    sp = sub.add_parser("lens", help="lens files: write one from a table of Zernikes at field points")
+    lsub = sp.add_subparsers(dest="lens_command", metavar="LENS_COMMAND", parser_class=_Parser)
+    sp.set_defaults(func=lambda a, p=sp: (p.print_help(), 2)[1])
+    lp = lsub.add_parser("from-table", help="check a Zernike field table (CSV) and write a lens file around it")
+    lp.add_argument("table", metavar="TABLE.csv", help="columns row_px, col_px, Z1 .. Zn (Noll, RMS waves); see README")
+    lp.add_argument("--table-wavelength-nm", type=float, required=True, help="wavelength of the table's waves (nm)")
+    lp.add_argument("--na", type=float, required=True, help="numerical aperture on the detector's side (1 / (2 F#))")
+    lp.add_argument("--pixel-pitch-um", type=float, required=True, help="detector pixel pitch (um)")
+    lp.add_argument("--shape-px", required=True, metavar="H,W", help="the frame the table's pixels refer to")
+    lp.add_argument("--out", required=True, help="output LENS.toml (the table is referenced relative to it)")
+    lp.add_argument("--wavelength-nm", metavar="L1,L2,...", help="imaging wavelength(s) in nm (default: the table's)")
+    lp.add_argument("--weights", metavar="W1,W2,...", help="spectral weights, one per wavelength")
+    lp.add_argument("--axis-px", metavar="ROW,COL", help="optical axis in the frame's pixels (default: the centre)")
+    lp.add_argument("--obscuration", type=float, default=0.0, help="central obscuration ratio (default 0)")
+    lp.add_argument("--size-px", type=int, default=33, help="PSF box side, odd (default 33)")
+    lp.add_argument("--oversample", type=int, help="sub-samples per pixel side (default: 4, or more to reach Nyquist)")
+    lp.add_argument("--interpolation", default="linear", help="linear (default), cubic, or bilinear (grid tables)")
+    lp.add_argument("--extrapolate", default="none", help="none (default: refuse points outside the table) or nearest")
+    lp.add_argument("--keep-tilt", action="store_true", help="keep the table's piston and tilt (Z1-Z3)")
+    lp.add_argument("--convention", default="born-wolf", help="sign convention of the table: born-wolf or poppy")
+    lp.add_argument("--name", help="lens name (default: the table file's stem)")
+    lp.add_argument("--overwrite", action="store_true", help="replace an existing LENS.toml")
+    lp.set_defaults(func=cmd_lens_from_table)
 
     def io_args(sp):
         sp.add_argument("--lens", required=True, help=lens_help)

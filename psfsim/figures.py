@@ -57,10 +57,13 @@ def psf_montage(grid, path, *, log: bool = True, title: str = "", decades: float
     return save_atomic_figure(fig, path)
 
 
-def field_map(values: np.ndarray, grid, path, *, label: str, title: str = "", cmap: str = "viridis") -> Path:
+def field_map(values: np.ndarray, grid, path, *, label: str, title: str = "", cmap: str = "viridis",
+              points: np.ndarray | None = None) -> Path:
     """Map of a scalar over the frame (e.g. Strehl ratio or FWHM) sampled on ``grid``'s nodes.
 
     ``values`` has shape ``(ny, nx)``; the axes are detector pixels (column, row) of the full frame.
+    ``points`` ``(N, 2)`` ``(row, col)`` pixels, optional: field points marked on the map (a lens's field
+    table), those past the frame left out of view.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
@@ -71,6 +74,14 @@ def field_map(values: np.ndarray, grid, path, *, label: str, title: str = "", cm
     ax.set_xlabel("column (px)")
     ax.set_ylabel("row (px)")
     ax.set_title(title, fontsize=9)
+    if points is not None and len(points):
+        x0, x1, y1, y0 = im.get_extent()
+        pts = np.asarray(points, float)
+        ax.scatter(pts[:, 1], pts[:, 0], s=18, marker="o", facecolors="white", edgecolors="black", linewidths=0.8,
+                   label=f"field table ({len(pts)} points)", zorder=3)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y1, y0)
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
     fig.colorbar(im, ax=ax, label=label)
     return save_atomic_figure(fig, path)
 

@@ -3,11 +3,13 @@
 A lens file fully determines the point spread function at every point of its field: the optics
 (wavelengths, numerical aperture, pixel pitch, pupil obscuration), the frame it images (its field), the PSF
 sampling, and the wavefront aberration as Seidel coefficients plus Zernike terms that may vary as
-polynomials over the field. See the README's "Lens file" section for the format.
+polynomials over the field, or tabulated at field points (``[field_table]``, :mod:`psfsim.field_table`). See
+the README's "Lens file" section for the format.
 
 Everything is validated here, at the edge: a bad file raises :class:`~psfsim.errors.LensError` naming the
 key, the value and what is allowed, and unknown keys are errors (a typo must never be ignored). Each table has
-its parser (``_parse_optics``, ``_parse_field``, ``_parse_psf``, ``_parse_seidel``, ``_parse_zernike``), all
+its parser (``_parse_optics``, ``_parse_field``, ``_parse_psf``, ``_parse_seidel``, ``_parse_zernike``,
+``_parse_field_table``), all
 sharing one number check (``_finite``).
 """
 
@@ -28,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import LensError, NyquistWarning, PsfsimError
+from .field_table import FieldTable
 from .zernike import MAX_NOLL, noll_to_nm
 
 __all__ = [
@@ -327,6 +330,10 @@ class Lens:
     can be rebuilt from metadata. Two lenses are equal when their validated descriptions are
     (:attr:`canonical`); equal lenses share one PSF engine (:func:`psfsim.psf.engine_for`). Pickling drops the
     cached engine and canonical form, so a pickled lens is a few kB.
+
+    ``field_table`` (a :class:`~psfsim.field_table.FieldTable`, or None) holds Zernike terms tabulated at field
+    points; they add to the Seidel and polynomial Zernike terms. The description then holds the table's
+    columns inline (a ``file`` is read on load), and :attr:`canonical` its contents.
     """
 
     name: str
@@ -336,13 +343,15 @@ class Lens:
     seidel: Seidel
     zernike: tuple[ZernikeTerm, ...]
     description: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    field_table: FieldTable | None = None
 
     # -- derived ---------------------------------------------------------------------------------
     @property
     def field_constant(self) -> bool:
         """True when the PSF is the same everywhere (no Seidel field terms, constant Zernike terms)."""
         s = self.seidel
-        return s.W131 == s.W222 == s.W220 == s.W311 == 0.0 and all(z.field_constant for z in self.zernike)
+        return (s.W131 == s.W222 == s.W220 == s.W311 == 0.0 and all(z.field_constant for z in self.zernike)
+                and (self.field_table is None or self.field_table.field_constant))
 
     @cached_property
     def _engine(self):
@@ -494,6 +503,8 @@ class Lens:
         d = {"name": self.name, "optics": optics, "field": asdict(self.field),
              "psf": asdict(self.psf_sampling), "seidel": asdict(self.seidel),
              "zernike": [{"noll": z.noll, "coefficients": [[list(p), c] for p, c in z.coefficients]} for z in self.zernike]}
+        if self.field_table is not None:  # the table's contents, not its file name: a changed table is a new lens
+            d["field_table"] = self.field_table.canonical()
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @cached_property
@@ -535,7 +546,7 @@ _CACHED = ("_engine", "canonical", "fingerprint")
 # --------------------------------------------------------------------------------------------------
 # parsing and validation
 # --------------------------------------------------------------------------------------------------
-_TOP_KEYS = {"name", "convention", "optics", "field", "psf", "seidel", "zernike"}
+_TOP_KEYS = {"name", "convention", "optics", "field", "psf", "seidel", "zernike", "field_table"}
 _OPTICS_KEYS = {"wavelength_nm", "weights", "na", "immersion_index", "pixel_pitch_um", "obscuration"}
 _FIELD_KEYS = {"shape_px", "axis_px"}
 _PSF_KEYS = {"size_px", "oversample", "pupil_samples", "max_energy_outside"}
@@ -812,6 +823,88 @@ def _parse_zernike(zs) -> tuple[ZernikeTerm, ...]:
     return tuple(terms)
 
 
+_TABLE_SETTINGS = {"file", "wavelength_nm", "interpolation", "extrapolate", "keep_tilt", "source"}
+
+
+def _parse_field_table(t, base_dir, flip_odd: bool) -> tuple[FieldTable, dict]:
+    """``[field_table]`` (optional) -> a :class:`~psfsim.field_table.FieldTable`, and the section as the lens's
+    description keeps it: a ``file`` is read and replaced by its columns inline (``source`` names the file), so
+    the description rebuilds the lens anywhere and its fingerprint follows the table's contents."""
+    from .field_table import _ZCOL_RE, read_table_csv, table_from_columns
+
+    where = "field_table"
+    if not isinstance(t, Mapping):
+        raise LensError(f"[{where}] must be a table, got {_short(t)}")
+    columns = {k for k in t if k in ("row_px", "col_px") or (isinstance(k, str) and _ZCOL_RE.match(k))}
+    unknown = sorted(set(t) - _TABLE_SETTINGS - columns, key=str)
+    if unknown:
+        raise LensError(
+            f"unknown key {where}.{unknown[0]} (allowed in [{where}]: {', '.join(sorted(_TABLE_SETTINGS))}, and "
+            "inline columns row_px, col_px, Z1 .. Z231)"
+        )
+    wl = _num(t, "wavelength_nm", where)
+    if wl <= 0:
+        raise LensError(f"{where}.wavelength_nm = {wl!r}: expected the table's wavelength in nm, > 0")
+    keep_tilt = t.get("keep_tilt", False)
+    if not isinstance(keep_tilt, bool):
+        raise LensError(f"{where}.keep_tilt = {_short(keep_tilt)}: expected true or false")
+    for k in ("interpolation", "extrapolate", "source", "file"):
+        if k in t and not isinstance(t[k], str):
+            raise LensError(f"{where}.{k} = {_short(t[k])}: expected a string")
+    desc = {k: copy.deepcopy(v) for k, v in t.items() if k != "file"}
+    if "file" in t:
+        if columns:
+            raise LensError(f"[{where}] has both file = {t['file']!r} and inline columns ({sorted(columns)[0]}, ...): "
+                            "give one or the other")
+        if "source" in t:
+            raise LensError(f"[{where}] has both file and source: source names the file of an inline table")
+        path = Path(t["file"])
+        if not path.is_absolute():
+            if base_dir is None:
+                raise LensError(f"{where}.file = {t['file']!r} is relative and this description has no folder to "
+                                "resolve it against (load the lens from its file, or pass base_dir=)")
+            path = Path(base_dir) / path
+        cols = read_table_csv(path, where=f"{where}.file = {t['file']!r}")
+        desc["source"] = t["file"]
+        desc.update(cols)
+    else:
+        if not columns:
+            raise LensError(f"[{where}] needs file = \"TABLE.csv\" or inline columns row_px, col_px, Z..")
+        cols = {}
+        for k in sorted(columns):
+            v = t[k]
+            if not isinstance(v, (list, tuple)):
+                raise LensError(f"{where}.{k} = {_short(v)}: expected an array of numbers, one per field point")
+            cols[k] = [float(_finite(x, f"{where}.{k}", shown=v, expected="expected finite numbers")) for x in v]
+    for k, v in cols.items():
+        big = np.nonzero(~(np.abs(np.asarray(v, float)) <= MAX_ABERRATION_WAVES))[0] if k not in ("row_px", "col_px") else []
+        if len(big):
+            _aberration(v[int(big[0])], f"{where}.{k}[{int(big[0])}]")  # raises, naming the value
+    table = table_from_columns(cols, wavelength_nm=float(wl), interpolation=t.get("interpolation", "linear"),
+                               extrapolate=t.get("extrapolate", "none"), keep_tilt=keep_tilt,
+                               source=str(t.get("file", t.get("source", "inline"))), flip_odd=flip_odd, where=where)
+    return table, desc
+
+
+def _check_table_covers(table: FieldTable, fieldg: FieldGeometry) -> None:
+    """Every pixel of the frame inside the table's convex hull (the frame is convex: its four corner pixels),
+    unless ``extrapolate = "nearest"``."""
+    if table.extrapolate == "nearest":
+        return
+    h, w = fieldg.shape_px
+    rows = np.array([0, 0, h - 1, h - 1], float)
+    cols = np.array([0, w - 1, 0, w - 1], float)
+    dist, _ = table.hull_distance(rows, cols)
+    if np.all(dist <= 1e-6):
+        return
+    i = int(np.argmax(dist))
+    raise LensError(
+        f"field_table: the frame's corner pixel (row {rows[i]:g}, col {cols[i]:g}) lies {dist[i]:.4g} px outside the "
+        f"table's convex hull ({table.n_points} points, {table.extent_text()}; frame {h} x {w} px): the table "
+        "must cover every pixel of the frame, or set field_table.extrapolate = \"nearest\""
+    )
+
+
 def _parse_convention(d: Mapping) -> str:
     c = d.get("convention", CONVENTIONS[0])
     if c not in CONVENTIONS:
@@ -837,13 +930,15 @@ def _apply_convention(seidel: Seidel, terms: tuple[ZernikeTerm, ...], convention
     return seidel, terms
 
 
-def lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool = True, where: str = "<dict>") -> Lens:
+def lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool = True, where: str = "<dict>",
+                   base_dir: str | os.PathLike | None = None) -> Lens:
     """Validate a lens description (the parsed TOML) into a :class:`Lens`.
 
     Parameters
     ----------
     d : mapping
-        The description, as :func:`tomllib.loads` returns it. Kept unchanged as :attr:`Lens.description`.
+        The description, as :func:`tomllib.loads` returns it. Kept unchanged as :attr:`Lens.description`,
+        except that a ``[field_table] file`` is replaced by the table's columns inline (``source`` names it).
     check_psf_box : bool
         Bound the energy outside the PSF box over the whole field (:func:`_check_box`: rays traced on a dense
         field grid choose where the diffraction PSF is evaluated) and refuse the lens when it exceeds
@@ -851,6 +946,9 @@ def lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool = True, where: s
         a PSF or a figure is not finite. The memory and work bounds are checked either way.
     where : str
         Where the description came from (a file name), prefixed to messages.
+    base_dir : path, optional
+        Folder that a relative ``[field_table] file`` is resolved against (the lens file's folder); without
+        it a relative table file is an error. The description the lens keeps holds the table inline.
 
     Raises
     ------
@@ -858,12 +956,12 @@ def lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool = True, where: s
         Naming the key, the value and what is allowed.
     """
     try:
-        return _lens_from_dict(d, check_psf_box=check_psf_box)
+        return _lens_from_dict(d, check_psf_box=check_psf_box, base_dir=base_dir)
     except LensError as e:
         raise LensError(f"{where}: {e}") from None
 
 
-def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
+def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool, base_dir=None) -> Lens:
     _check_keys(d, _TOP_KEYS, "")
     name = d.get("name", "unnamed")
     if not isinstance(name, str) or not name:
@@ -876,6 +974,11 @@ def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
     fieldg = _parse_field(d["field"])
     sampling = _parse_psf(d["psf"], optics)
     seidel, terms = _apply_convention(_parse_seidel(d.get("seidel", {})), _parse_zernike(d.get("zernike", [])), convention)
+    description = copy.deepcopy(dict(d))
+    table = None
+    if "field_table" in d:
+        table, description["field_table"] = _parse_field_table(d["field_table"], base_dir, convention == "poppy")
+        _check_table_covers(table, fieldg)
     lens = Lens(
         name=name,
         optics=optics,
@@ -883,7 +986,8 @@ def _lens_from_dict(d: Mapping[str, Any], *, check_psf_box: bool) -> Lens:
         psf_sampling=sampling,
         seidel=seidel,
         zernike=terms,
-        description=copy.deepcopy(dict(d)),
+        description=description,
+        field_table=table,
     )
     if optics.pixel_pitch_um > optics.nyquist_pitch_um * (1 + 1e-9):
         warnings.warn(
@@ -1031,13 +1135,15 @@ def _check_box(lens: Lens) -> None:
     )
 
 
-def lens_from_toml(text: str, *, check_psf_box: bool = True, where: str = "<toml>") -> Lens:
-    """Parse TOML text into a validated :class:`Lens` (``where``: its origin, for messages)."""
+def lens_from_toml(text: str, *, check_psf_box: bool = True, where: str = "<toml>",
+                   base_dir: str | os.PathLike | None = None) -> Lens:
+    """Parse TOML text into a validated :class:`Lens` (``where``: its origin, for messages; ``base_dir``: the
+    folder a relative ``[field_table] file`` is resolved against)."""
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise LensError(f"{where}: not valid TOML ({e})") from None
-    return lens_from_dict(d, check_psf_box=check_psf_box, where=where)
+    return lens_from_dict(d, check_psf_box=check_psf_box, where=where, base_dir=base_dir)
 
 
 def load_lens(lens: str | os.PathLike | Lens, *, check_psf_box: bool = True) -> Lens:
@@ -1056,4 +1162,4 @@ def load_lens(lens: str | os.PathLike | Lens, *, check_psf_box: bool = True) -> 
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise LensError(f"{path}: cannot read lens file ({e})") from None
-    return lens_from_toml(text, check_psf_box=check_psf_box, where=str(path))
+    return lens_from_toml(text, check_psf_box=check_psf_box, where=str(path), base_dir=path.parent)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import PsfsimError
 
-__all__ = ["lens_summary", "write_grid", "dataset_summary", "baseline_scores", "BaselineScore", "safe_text"]
+__all__ = ["lens_summary", "field_table_lines", "write_grid", "dataset_summary", "baseline_scores", "BaselineScore", "safe_text"]
 
 
 def safe_text(s, limit: int = 200) -> str:
@@ -29,12 +29,21 @@ def safe_text(s, limit: int = 200) -> str:
 
 def lens_summary(lens) -> str:
     """Human-readable summary of a lens (``psfsim info LENS``): optics, sampling, Strehl and FWHM over the field."""
+    from .field_table import EDGE_TOLERANCE_PX
+
     o, f, s = lens.optics, lens.field, lens.psf_sampling
     H, W = f.shape_px
     corners = f.corners_field
     far = corners[np.argmax(np.hypot(corners[:, 0], corners[:, 1]))]
-    edge_x = float(f.pixel_to_field(f.axis_px[0], W - 1)[0])
-    pts = np.array([[0.0, 0.0], [edge_x, 0.0], far])
+    table = lens.field_table
+    centre, centre_name, row = (0.0, 0.0), "centre", f.axis_px[0]
+    if table is not None and table.extrapolate == "none" and table.hull_distance(*f.axis_px)[0][0] > EDGE_TOLERANCE_PX:
+        # an off-axis frame whose table does not reach the axis: the frame's centre instead
+        row = (H - 1) / 2
+        centre, centre_name = tuple(float(v) for v in f.pixel_to_field(row, (W - 1) / 2)), "frame centre"
+    edge_x = float(f.pixel_to_field(row, W - 1)[0])
+    edge_y = float(f.pixel_to_field(row, W - 1)[1])
+    pts = np.array([centre, [edge_x, edge_y], far])
     # the axis (and the axis row's edge) may lie off the detector for an off-axis frame: evaluated anyway
     m = lens.psf_metrics(pts[:, 0], pts[:, 1], allow_outside=True)
     strehl, fwhm = m.strehl, m.fwhm_px
@@ -50,10 +59,36 @@ def lens_summary(lens) -> str:
         f"diffraction     Airy first zero 0.61 lambda/NA = {o.airy_zero_px:.2f} px",
         f"field           {H} x {W} px, axis at (row {f.axis_px[0]:g}, col {f.axis_px[1]:g}), half-diagonal {f.half_diagonal_px:.1f} px",
         f"PSF box         {s.size_px} px, oversample {s.oversample}, pupil samples {lens._engine.M}",
-        f"Strehl / FWHM   centre {strehl[0]:.3f} / {fwhm[0]:.2f} px; edge (x={edge_x:+.2f}) {strehl[1]:.3f} / {fwhm[1]:.2f} px; "
+        f"Strehl / FWHM   {centre_name} {strehl[0]:.3f} / {fwhm[0]:.2f} px; edge (x={edge_x:+.2f}) {strehl[1]:.3f} / {fwhm[1]:.2f} px; "
         f"corner ({far[0]:+.2f}, {far[1]:+.2f}) {strehl[2]:.3f} / {fwhm[2]:.2f} px",
     ]
+    if table is not None:
+        lines += field_table_lines(lens)
     return "\n".join(lines)
+
+
+def field_table_lines(lens) -> list[str]:
+    """``psfsim info`` lines of a lens's field table: its source and points, extent (pixels and field
+    coordinates), terms, wavelength and interpolation."""
+    from .field_table import EDGE_TOLERANCE_PX
+
+    t, f = lens.field_table, lens.field
+    (r0, c0), (r1, c1) = t.points_px.min(0), t.points_px.max(0)
+    x0, y0 = f.pixel_to_field(r0, c0)
+    x1, y1 = f.pixel_to_field(r1, c1)
+    terms = ", ".join(f"Z{j}" for j in t.nolls) or "none"
+    scale = t.wavelength_nm / lens.optics.reference_wavelength_nm
+    grid = ""
+    if t.interpolation == "bilinear":
+        grid = f" ({len(np.unique(t.points_px[:, 0]))} x {len(np.unique(t.points_px[:, 1]))} grid)"
+    return [
+        f"field table     {t.n_points} points{grid} from {safe_text(t.source)}; {t.extent_text()} "
+        f"(x {float(x0):+.3f}..{float(x1):+.3f}, y {float(y0):+.3f}..{float(y1):+.3f})",
+        f"table terms     {terms} RMS waves at {t.wavelength_nm:g} nm (x{scale:.4g} at the reference wavelength); "
+        f"piston/tilt {'kept' if t.keep_tilt else 'dropped'}",
+        f"interpolation   {t.interpolation}; outside the table's hull: "
+        + ("nearest point of the hull" if t.extrapolate == "nearest" else f"refused ({EDGE_TOLERANCE_PX:.2f} px of tolerance)"),
+    ]
 
 
 GRID_FILES = {"grid": "psf_grid.npz", "montage": "psf_montage.png", "strehl": "strehl_map.png", "fwhm": "fwhm_map.png"}
@@ -74,14 +109,16 @@ def check_grid_out(out: Path, *, overwrite: bool = True, parent_must_exist: bool
     return out
 
 
-def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True, overwrite: bool = True) -> dict:
+def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True, overwrite: bool = True,
+               table_points: bool = True) -> dict:
     """PSF grid over the field, written into the folder ``out`` (created with its parents if missing; the
     command line requires the parent to exist).
 
     Files: ``psf_grid.npz`` (``psfs`` (ny, nx, k, k) float64, ``x``, ``y`` field coordinates and ``rows``,
     ``cols`` pixel positions (ny, nx), ``strehl``, ``fwhm_px`` (ny, nx)); PNGs ``psf_montage.png``,
     ``strehl_map.png``, ``fwhm_map.png``. The four land together or not at all (:func:`psfsim.store.atomic_outputs`);
-    without ``overwrite`` a folder already holding any of them is refused. Returns ``{"grid", "montage",
+    without ``overwrite`` a folder already holding any of them is refused. ``table_points``: mark a field
+    table's points on the Strehl map (lenses with a ``[field_table]``). Returns ``{"grid", "montage",
     "strehl", "fwhm"}`` -> paths.
     """
     from .figures import field_map, psf_montage
@@ -101,7 +138,8 @@ def write_grid(lens, out: Path, ny: int, nx: int, *, log: bool = True, overwrite
                 np.savez(f, psfs=grid.psfs, x=grid.x, y=grid.y, rows=grid.rows, cols=grid.cols, strehl=strehl,
                          fwhm_px=fwhm)
             psf_montage(grid, t_montage, log=log, title=lens.name)
-            field_map(strehl, grid, t_strehl, label="Strehl ratio", title=f"{lens.name}: Strehl ratio")
+            pts = lens.field_table.points_px if (table_points and lens.field_table is not None) else None
+            field_map(strehl, grid, t_strehl, label="Strehl ratio", title=f"{lens.name}: Strehl ratio", points=pts)
             field_map(fwhm, grid, t_fwhm, label="FWHM (px)", title=f"{lens.name}: equivalent-area FWHM", cmap="magma")
     except BaseException:
         for d in created:  # the folders this call made, if they stayed empty

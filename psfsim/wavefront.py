@@ -13,9 +13,15 @@ W222 h^2 rho^2 cos^2(...)  u^2, v^2, u v                                    W222
 W220 h^2 rho^2             u^2, v^2                                         W220 h^2 (each)
 W311 h^3 rho cos(t - phi)  u, v                                             W311 h^2 x, W311 h^2 y
 Zernike j (RMS waves)      Z_j(rho, theta)                                  polynomial in (x, y)
+tabulated Zernike j        Z_j(rho, theta)                                  interpolated table values
+                                                                            x lambda_table / lambda_ref
 =========================  ===============================================  ===========================
 
-so a batch of field points is one matrix product: ``W (B, P) = C (B, nb) @ basis (nb, P)``.
+so a batch of field points is one matrix product: ``W (B, P) = C (B, nb) @ basis (nb, P)``. Tabulated terms
+(``[field_table]``, :mod:`psfsim.field_table`) are RMS waves at the table's wavelength: a fixed optical path
+difference, so ``lambda_table / lambda_ref`` waves at the reference wavelength (and, as for every term,
+``lambda_ref / lambda`` more at another wavelength: ``lambda_table / lambda`` in all). A Noll index in both
+the polynomial terms and the table is one pupil function, the coefficients summed.
 Reference: H. H. Hopkins, *Wave Theory of Aberrations* (1950); J. Sasian, *Introduction to Aberrations in
 Optical Imaging Systems* (2013), eq. 1.5.
 
@@ -31,7 +37,7 @@ import numpy as np
 
 from .zernike import zernike_noll
 
-__all__ = ["SEIDEL_BASIS", "pupil_basis_names", "pupil_basis", "pupil_gradient_basis", "field_coefficients", "wavefront"]
+__all__ = ["SEIDEL_BASIS", "zernike_nolls", "pupil_basis_names", "pupil_basis", "pupil_gradient_basis", "field_coefficients", "wavefront"]
 
 #: Step (normalised pupil units) of the central differences in :func:`pupil_gradient_basis`.
 _GRAD_STEP = 1e-4
@@ -40,10 +46,15 @@ _GRAD_STEP = 1e-4
 SEIDEL_BASIS = ("rho4", "rho2u", "rho2v", "u2", "v2", "uv", "u", "v")
 
 
+def zernike_nolls(lens) -> list[int]:
+    """Noll indices of the lens's Zernike pupil functions, increasing: polynomial terms and tabulated ones."""
+    table = getattr(lens, "field_table", None)
+    return sorted({z.noll for z in lens.zernike} | set(table.nolls if table is not None else ()))
+
+
 def pupil_basis_names(lens) -> tuple[str, ...]:
     """Names of the pupil functions the lens's wavefront is built from (Seidel ones, then ``Z<j>``)."""
-    nolls = sorted({z.noll for z in lens.zernike})
-    return SEIDEL_BASIS + tuple(f"Z{j}" for j in nolls)
+    return SEIDEL_BASIS + tuple(f"Z{j}" for j in zernike_nolls(lens))
 
 
 def pupil_basis(lens, rho: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -54,7 +65,7 @@ def pupil_basis(lens, rho: np.ndarray, theta: np.ndarray) -> np.ndarray:
     v = rho * np.sin(theta)
     r2 = rho**2
     funcs = [r2 * r2, r2 * u, r2 * v, u * u, v * v, u * v, u, v]
-    funcs += [zernike_noll(j, rho, theta) for j in sorted({z.noll for z in lens.zernike})]
+    funcs += [zernike_noll(j, rho, theta) for j in zernike_nolls(lens)]
     return np.stack(funcs)
 
 
@@ -87,6 +98,11 @@ def field_coefficients(lens, x, y) -> np.ndarray:
     lens : Lens
     x, y : array_like, shape ``(B,)``
         Field coordinates (see :mod:`psfsim.field`).
+
+    Raises
+    ------
+    PsfsimError
+        A point outside the lens's field table (:meth:`psfsim.field_table.FieldTable.coefficients`).
     """
     x = np.atleast_1d(np.asarray(x, float))
     y = np.atleast_1d(np.asarray(y, float))
@@ -102,9 +118,14 @@ def field_coefficients(lens, x, y) -> np.ndarray:
         s.W311 * h2 * x,
         s.W311 * h2 * y,
     ]
-    nolls = sorted({z.noll for z in lens.zernike})
-    for j in nolls:
-        acc = np.zeros_like(x)
+    table = getattr(lens, "field_table", None)
+    tab = {}
+    if table is not None and table.nolls:
+        rows, cc = lens.field.field_to_pixel(x, y)
+        t = table.coefficients(rows, cc, field_xy=(x, y)) * (table.wavelength_nm / lens.optics.reference_wavelength_nm)
+        tab = {j: t[:, i] for i, j in enumerate(table.nolls)}
+    for j in zernike_nolls(lens):
+        acc = tab.get(j, np.zeros_like(x))
         for z in lens.zernike:
             if z.noll == j:
                 acc = acc + z.rms_waves(x, y)
