@@ -252,3 +252,25 @@ def test_bad_seed_or_split_leaves_nothing(small_lens, tmp_path, kw, msg):
     with pytest.raises(psfsim.PsfsimError, match=msg):
         simulate(_spec(small_lens, **kw), tmp_path / "d.zarr", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_off_axis_frame_baseline_uses_the_frame_centre_psf():
+    """A detector whose optical axis lies far off the frame (a wide-field telescope's outer detector): the
+    global Wiener baseline takes the frame centre's PSF (reference: the lens's own PSF at that field point),
+    and an on-axis frame keeps the axis PSF."""
+    import numpy as np
+
+    from psfsim import lens_from_dict
+    from psfsim.dataset.sample import baseline_psf
+
+    from .conftest import BASE
+    import copy
+
+    d = copy.deepcopy(BASE)
+    d["field"]["axis_px"] = [-300.0, 600.0]
+    d["seidel"] = {"W040": 0.3}
+    lens = lens_from_dict(d)
+    x, y = lens.field.pixel_to_field(127.5, 127.5)
+    np.testing.assert_allclose(baseline_psf(lens), lens.psf(float(x), float(y)), atol=1e-12)
+    on = lens_from_dict(BASE)
+    np.testing.assert_allclose(baseline_psf(on), on.psf(0.0, 0.0), atol=1e-12)
