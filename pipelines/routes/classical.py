@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from psfsim.cache import BoundedCache
+
 from ..errors import PipelineError
 from .base import check_call, check_frame_window, fill_block
 
@@ -48,6 +50,29 @@ def _lens(lens):
     from psfsim.checks import as_lens
 
     return as_lens(lens)
+
+
+#: PSFs at patch centres of this process, keyed by (lens fingerprint, row, col): neighbouring tiles share the
+#: patches of their overlap, so each PSF is computed once (bounded: 256 MiB, ~8000 PSFs of 65 x 65 in float64).
+_PSF_CACHE = BoundedCache(max_bytes=256 * 2**20)
+
+
+def cached_psfs(lens, rows, cols) -> np.ndarray:
+    """Exact PSFs ``(N, k, k)`` at frame pixel positions ``(rows[i], cols[i])`` (lens field), each computed once
+    per process (:data:`_PSF_CACHE`); the same values as ``lens.psfs`` at those points, so a tile's SV-Wiener
+    equals psfsim's default (``psf_at=None``) exactly."""
+    rows = np.asarray(rows, np.float64)
+    cols = np.asarray(cols, np.float64)
+    fp = lens.fingerprint
+    keys = [(fp, float(r), float(c)) for r, c in zip(rows, cols)]
+    hits = [_PSF_CACHE.peek(k) for k in keys]
+    miss = [i for i, h in enumerate(hits) if h is None]
+    if miss:
+        x, y = lens.field.pixel_to_field(rows[miss], cols[miss])
+        new = lens.psfs(x, y)
+        for j, i in enumerate(miss):
+            hits[i] = _PSF_CACHE.put(keys[i], np.array(new[j]))
+    return np.stack(hits)
 
 
 def frame_balance(frame, index: int, *, noise_sigma=None, reg: str = "gradient") -> dict:
@@ -184,7 +209,8 @@ class WienerRoute:
         for b, o in zip(blocks, origins):
             x, mask = fill_block(b)
             if self.sv:
-                y = sv_wiener(x, self.lens, origin=o, patch=self.patch, balance=bal, reg=self.reg, workers=self.workers)
+                y = sv_wiener(x, self.lens, origin=o, patch=self.patch, balance=bal, reg=self.reg, workers=self.workers,
+                              psf_at=lambda r, c: cached_psfs(self.lens, r, c))
             else:
                 y = wiener(x, self.psf(), balance=bal, reg=self.reg, boundary="reflect", workers=self.workers)
             out.append(remask(np.asarray(y, np.float32), mask))

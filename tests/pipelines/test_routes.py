@@ -2,7 +2,6 @@
 computation (the model called once on the whole frame; psfsim's in-memory blur, Wiener, SV-Wiener and RL)."""
 
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -56,6 +55,7 @@ def test_model_route_tiled_equals_whole_frame(name, checkpoints, pl_lens, blurre
     frame = ArrayFrame(y)
     out, stats, grid = tiled(route, frame, tile=32, batch_all=True)
     assert grid.grid == (4, 5) and any(t.read[1] == SHAPE[0] for t in grid) and stats["scale"] == float(y.max())
+    assert len(interior_reads(grid)) >= 4  # tiles that see only part of the frame
     model, _ = recon.load_checkpoint(checkpoints[name])
     coords = recon.batch_coords(pl_lens, origins=[ORIGIN], shape=SHAPE)
     with torch.no_grad():
@@ -85,8 +85,6 @@ def test_model_route_wrong_window_and_position(checkpoints, blurred_frame):
 
 def test_model_route_gate_cache_reused_per_window_and_bounded(checkpoints, blurred_frame):
     """A stack processed window by window: the gate MLPs run for the first frame only; caches stay bounded."""
-    import torch
-
     from pipelines.routes.model import clear_models, loaded_model
 
     clear_models()
@@ -182,8 +180,9 @@ def test_simulate_route_equals_psfsim_blur(pl_lens):
     sharp = scene(SHAPE, seed=3)
     route = simulate_route(pl_lens)
     assert route.halo == 8
-    out, _, _ = tiled(route, ArrayFrame(sharp), tile=40)
+    out, _, grid = tiled(route, ArrayFrame(sharp), tile=40)
     ref = psfsim.blur(sharp, pl_lens, origin=ORIGIN)
+    assert len(interior_reads(grid)) > 0
     assert np.abs(out - ref).max() < 1e-5 * float(ref.max())
 
 
@@ -207,36 +206,60 @@ def test_simulate_route_noise_independent_of_tiling_and_calibrated(pl_lens):
         simulate_route(pl_lens, photons=-1)
 
 
-def test_wiener_routes_equal_psfsim(pl_lens, blurred_frame):
-    _, y = blurred_frame
+@pytest.fixture(scope="module")
+def field_frame(pl_lens):
+    """A blurred, noisy frame covering the whole 160 x 224 lens field (room for tiles with large halos)."""
+    y = psfsim.blur(scene((160, 224), seed=6), pl_lens)
+    return y + 0.01 * np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
+
+
+def interior_reads(grid):
+    """Tiles whose read region is smaller than the frame along both axes (the tiling is not trivial)."""
+    H, W = grid.frame_shape
+    return [t for t in grid if t.read_shape[0] < H and t.read_shape[1] < W]
+
+
+def test_sv_wiener_route_equals_psfsim(pl_lens, field_frame):
+    y = field_frame
     frame = ArrayFrame(y)
     # SV Wiener: exact tiling (aligned to the patch stride, halo = patch + k)
     sv = wiener_route(pl_lens, sv=True, patch=16)
     assert sv.align == 8 and sv.halo == 16 + 17
-    out, stats, _ = tiled(sv, frame, tile=48)
-    ref = psfsim.sv_wiener(y, pl_lens, origin=ORIGIN, patch=16)  # balance resolved on the whole frame
+    out, stats, grid = tiled(sv, frame, tile=48, origin=(0, 0))
+    assert len(interior_reads(grid)) == len(grid)
+    ref = psfsim.sv_wiener(y, pl_lens, origin=(0, 0), patch=16)  # balance resolved on the whole frame
     assert stats["balance_from"] == "whole frame"
     assert np.abs(out - ref).max() < 1e-4 * float(np.abs(ref).max())
+
+
+def test_wiener_route_equals_psfsim(pl_lens, field_frame):
+    y = field_frame
+    frame = ArrayFrame(y)
     # global Wiener with the axis PSF: equal up to the filter's tail beyond the halo
-    g = wiener_route(pl_lens)
-    assert g.halo == 4 * 17
-    out, stats, _ = tiled(g, frame, tile=48)
+    assert wiener_route(pl_lens).halo == 4 * 17
+    g = wiener_route(pl_lens, halo=24)
+    out, stats, grid = tiled(g, frame, tile=32, origin=(0, 0))
+    assert len(interior_reads(grid)) == len(grid)
     ref = psfsim.wiener(y, pl_lens.psf(0.0, 0.0))
     assert stats["tail_beyond_halo"] < 1e-6
     assert np.abs(out - ref).max() < 1e-4 * float(np.abs(ref).max())
     # a halo that truncates the filter is warned about, naming the halo that would do
     with pytest.warns(UserWarning, match="beyond the halo of 2 px"):
-        wiener_route(pl_lens, halo=2).prepare(frame, 0, origin=ORIGIN)
+        wiener_route(pl_lens, halo=2).prepare(frame, 0)
 
 
-def test_rl_route_equals_psfsim(pl_lens, blurred_frame):
-    _, y = blurred_frame
-    route = rl_route(pl_lens, iterations=3)
-    assert route.halo == 3 * 16
-    out, _, _ = tiled(route, ArrayFrame(y), tile=40)
-    op = psfsim.make_operator(pl_lens, shape=SHAPE, origin=ORIGIN)
-    ref = psfsim.richardson_lucy(y, op, iters=3).image
+def test_rl_route_equals_psfsim(pl_lens, field_frame):
+    y = field_frame
+    route = rl_route(pl_lens, iterations=2)
+    assert route.halo == 2 * 16
+    out, _, grid = tiled(route, ArrayFrame(y), tile=32, origin=(0, 0))
+    assert len(interior_reads(grid)) > len(grid) // 2
+    op = psfsim.make_operator(pl_lens, shape=y.shape, origin=(0, 0))
+    ref = psfsim.richardson_lucy(y, op, iters=2).image
     assert np.abs(out - ref).max() < 1e-4 * float(ref.max())
+    # a halo short of iterations x (k - 1) is warned about
+    with pytest.warns(UserWarning, match="halo 4 px"):
+        rl_route(pl_lens, iterations=2, halo=4).prepare(ArrayFrame(y), 0)
 
 
 def test_nan_pixels_masked_not_spread(pl_lens, blurred_frame):
@@ -247,3 +270,23 @@ def test_nan_pixels_masked_not_spread(pl_lens, blurred_frame):
     for route in (simulate_route(pl_lens), wiener_route(pl_lens, sv=True, patch=16)):
         out, _, _ = tiled(route, ArrayFrame(y), tile=48)
         assert np.array_equal(np.isnan(out), np.isnan(y))
+
+
+def test_model_route_refuses_unknown_normalisation_and_bad_settings(tmp_path, pl_lens, checkpoints):
+    import torch
+
+    import recon
+    from psfsim.dataset.reader import Normalisation
+
+    torch.manual_seed(0)
+    p = recon.save_checkpoint(tmp_path / "z.pt", recon.build_model("unet", depth=1, base_channels=2), lens=pl_lens,
+                              normalisation=Normalisation("zscore", 0, 0.0, 1.0), dataset_identity={}, train_args={},
+                              metrics={})
+    with pytest.raises(PipelineError, match="normalisation kind 'zscore'"):
+        model_route(p, device="cpu")
+    with pytest.raises(PipelineError, match="batch = 0"):
+        model_route(checkpoints["unet"], batch=0)
+    with pytest.raises(PipelineError, match="device = 'tpu'"):
+        model_route(checkpoints["unet"], device="tpu")
+    with pytest.raises(PipelineError, match="halo = -1"):
+        model_route(checkpoints["unet"], halo=-1)

@@ -12,10 +12,10 @@ from pipelines.tiling import Tile, TileGrid, axis_reads, seam_score
 @st.composite
 def grids(draw):
     align = draw(st.sampled_from([1, 2, 4, 8, 16, 32]))
-    tile = draw(st.integers(1, 96))
+    tile = draw(st.integers(6, 96))
     halo = draw(st.integers(0, 60))
-    H = draw(st.integers(tile, 400))
-    W = draw(st.integers(tile, 400))
+    H = draw(st.integers(tile, 300))
+    W = draw(st.integers(tile, 300))
     return TileGrid((H, W), tile=tile, halo=halo, align=align)
 
 
