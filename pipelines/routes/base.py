@@ -154,7 +154,9 @@ def positive_scale(stats: dict, frame, index: int) -> float:
 def fill_block(block) -> tuple[np.ndarray, np.ndarray | None]:
     """A block as float32 with its non-finite pixels filled from their nearest finite neighbour, and their mask
     (None when all were finite): the computation never spreads NaNs; :func:`psfsim.checks.remask` puts them back.
-    A block with no finite pixel is returned as zeros with an all-True mask."""
+    A block with no finite pixel is returned as zeros with an all-True mask. The fill looks only inside the
+    block, so next to a NaN pixel within a halo of a tile's edge the values may differ slightly from a
+    whole-frame pass (the NaN pixels themselves are NaN in every tiling)."""
     from psfsim.checks import checked_image
     from psfsim.errors import PsfsimError
 

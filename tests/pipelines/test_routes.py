@@ -290,3 +290,39 @@ def test_model_route_refuses_unknown_normalisation_and_bad_settings(tmp_path, pl
         model_route(checkpoints["unet"], device="tpu")
     with pytest.raises(PipelineError, match="halo = -1"):
         model_route(checkpoints["unet"], halo=-1)
+
+
+def test_frame_balance_of_a_large_frame_is_the_median_over_fixed_windows(monkeypatch, field_frame):
+    """Reference: psfsim's resolve_balance on the 16 windows, computed here directly."""
+    from psfsim.restore.wiener import resolve_balance
+
+    from pipelines.routes import classical
+
+    monkeypatch.setattr(classical, "BALANCE_WHOLE_PX", 100)
+    monkeypatch.setattr(classical, "_BALANCE_WINDOW", 64)
+    y = field_frame
+    got = classical.frame_balance(ArrayFrame(y), 0)
+    rows = np.round(np.linspace(0, 160 - 64, 4)).astype(int)
+    cols = np.round(np.linspace(0, 224 - 64, 4)).astype(int)
+    ref = np.median([resolve_balance(y[r:r + 64, c:c + 64], None, None) for r in rows for c in cols])
+    assert got["balance"] == pytest.approx(ref, rel=1e-12) and got["balance_from"].startswith("median of 16")
+
+
+def test_every_route_meets_the_protocol_with_json_records(pl_lens, checkpoints, blurred_frame):
+    import json
+
+    from pipelines.routes import Route
+
+    _, y = blurred_frame
+    frame = ArrayFrame(y)
+    routes = [model_route(checkpoints["cgunet"], device="cpu"), wiener_route(pl_lens), wiener_route(pl_lens, sv=True),
+              rl_route(pl_lens, iterations=1), simulate_route(pl_lens, photons=100.0, seed=3)]
+    for r in routes:
+        assert isinstance(r, Route) and r.name in ("deblur", "wiener", "rl", "simulate")
+        ident = json.loads(json.dumps(r.identity()))
+        assert ident["route"] == r.name and ident["halo"] == r.halo
+        stats = json.loads(json.dumps(r.prepare(frame, 0, origin=ORIGIN)))
+        assert stats["origin"] == list(ORIGIN) and stats["index"] == 0
+        assert pickle.loads(pickle.dumps(r)).identity() == r.identity()
+        with pytest.raises(PipelineError, match="does not lie inside the lens field"):
+            r.prepare(frame, 0, origin=(-1, 0))
