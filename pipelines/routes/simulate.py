@@ -11,7 +11,9 @@ noise that does not depend on the tiling.
   block, or a block whose blurred values differ in the last bit, would change the rest of its stream). The halo
   is then ``k // 2 + noise_block - 1`` (every noise block touching a chunk lies wholly in its reach); a tile
   that is a multiple of ``noise_block`` computes each noise block once, others recompute the blocks they share.
-  Pixels of a returned block whose noise block lies outside its reach are NaN (they are never in the chunk).
+  Only the noise blocks touching the block's core (the block less ``halo`` on every side that is not the
+  frame's edge, where :mod:`pipelines.tiling` puts the chunk) are computed; the other pixels of the returned
+  block are NaN (they are never in the chunk).
 - Scale: as in psfsim's datasets the noise model acts on the frame divided by a frame statistic (the sharp
   frame's robust maximum, :func:`~pipelines.routes.base.frame_scale`): ``photons`` are the photo-electrons at
   that value, ``read_noise`` is in electrons (in normalised units without ``photons``); the result is scaled
@@ -109,9 +111,13 @@ class SimulateRoute:
             raise PipelineError(f"block of shape {(h, w)} at lens origin {tuple(origin)} lies outside the frame "
                                 f"{(H, W)} at {(fr, fc)} (stats of another frame?)")
         nb, m = self.noise_block, self.psf_half
+        # the chunk lies at least `halo` inside every read edge that is not the frame's (pipelines.tiling):
+        # only the noise blocks touching that core are computed
+        core_r = (br + self.halo if br > 0 else 0, br + h - self.halo if br + h < H else H)
+        core_c = (bc + self.halo if bc > 0 else 0, bc + w - self.halo if bc + w < W else W)
         y = np.full((h, w), np.nan, np.float32)
-        for bi in range(br // nb, -(-(br + h) // nb)):
-            for bj in range(bc // nb, -(-(bc + w) // nb)):
+        for bi in range(core_r[0] // nb, -(-core_r[1] // nb)):
+            for bj in range(core_c[0] // nb, -(-core_c[1] // nb)):
                 r0, r1 = bi * nb, min(H, (bi + 1) * nb)  # the noise block, frame pixels
                 c0, c1 = bj * nb, min(W, (bj + 1) * nb)
                 wr0, wr1 = max(0, r0 - m), min(H, r1 + m)  # its blur window

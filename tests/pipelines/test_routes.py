@@ -219,15 +219,18 @@ def interior_reads(grid):
     return [t for t in grid if t.read_shape[0] < H and t.read_shape[1] < W]
 
 
-def test_sv_wiener_route_equals_psfsim(pl_lens, field_frame):
+@pytest.mark.parametrize("psfs", ["lowrank", "exact"])
+def test_sv_wiener_route_equals_psfsim(psfs, pl_lens, field_frame):
     y = field_frame
     frame = ArrayFrame(y)
     # SV Wiener: exact tiling (aligned to the patch stride, halo = patch + k)
-    sv = wiener_route(pl_lens, sv=True, patch=16)
+    sv = wiener_route(pl_lens, sv=True, patch=16, psfs=psfs)
     assert sv.align == 8 and sv.halo == 16 + 17
     out, stats, grid = tiled(sv, frame, tile=48, origin=(0, 0))
     assert len(interior_reads(grid)) == len(grid)
-    ref = psfsim.sv_wiener(y, pl_lens, origin=(0, 0), patch=16)  # balance resolved on the whole frame
+    # balance resolved on the whole frame; psfsim's exact PSFs by default, or the basis's interpolated ones
+    psf_at = psfsim.lowrank_basis(pl_lens).psfs_at if psfs == "lowrank" else None
+    ref = psfsim.sv_wiener(y, pl_lens, origin=(0, 0), patch=16, psf_at=psf_at)
     assert stats["balance_from"] == "whole frame"
     assert np.abs(out - ref).max() < 1e-4 * float(np.abs(ref).max())
 
