@@ -145,6 +145,11 @@ class ModelRoute:
         if not self.normalisation.vmax > self.normalisation.vmin:
             raise PipelineError(f"checkpoint {self.path}: normalisation range [{self.normalisation.vmin}, "
                                 f"{self.normalisation.vmax}] is empty")
+        chans = (self.model_config.get("in_channels", 1), self.model_config.get("out_channels", 1))
+        if chans != (1, 1):
+            raise PipelineError(f"checkpoint {self.path}: model {self.model_config.get('name')!r} has {chans[0]} input "
+                                f"and {chans[1]} output channels; the deblur route feeds it one frame at a time "
+                                "(1 -> 1 channels)")
         depth = getattr(model, "depth", None)
         self.align = 2 ** int(depth) if isinstance(depth, int) and hasattr(model, "enc") else 1
         model_halo = getattr(model, "halo", None)

@@ -287,6 +287,11 @@ def test_model_route_refuses_unknown_normalisation_and_bad_settings(tmp_path, pl
                               metrics={})
     with pytest.raises(PipelineError, match="normalisation kind 'zscore'"):
         model_route(p, device="cpu")
+    p2 = recon.save_checkpoint(tmp_path / "two.pt", recon.build_model("unet", depth=1, base_channels=2, in_channels=2),
+                               lens=pl_lens, normalisation=Normalisation("source_region_max", 8, 0.0, 1.0),
+                               dataset_identity={}, train_args={}, metrics={})
+    with pytest.raises(PipelineError, match="2 input and 1 output channels"):
+        model_route(p2, device="cpu")
     with pytest.raises(PipelineError, match="batch = 0"):
         model_route(checkpoints["unet"], batch=0)
     with pytest.raises(PipelineError, match="device = 'tpu'"):
