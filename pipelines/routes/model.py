@@ -158,7 +158,11 @@ class ModelRoute:
                 raise PipelineError(f"checkpoint {self.path}: model {self.model_config.get('name')!r} reports no halo "
                                     "(receptive field); pass halo= (--halo N) explicitly")
             halo = int(model_halo)
-        if isinstance(halo, bool) or int(halo) != halo or halo < 0:
+        try:
+            bad = isinstance(halo, bool) or int(halo) != halo or halo < 0
+        except (TypeError, ValueError):
+            bad = True
+        if bad:
             raise PipelineError(f"halo = {halo!r}: expected a whole number >= 0")
         self.halo = int(halo)
         self.model_halo = None if model_halo is None else int(model_halo)
