@@ -73,8 +73,11 @@ def route_key(route) -> str:
 
 
 def input_identity(frame) -> dict:
-    """What identifies the input of a run: its absolute path, size and modification time (of the file, or of
+    """What identifies the input of a run: :meth:`pipelines.frames.Frame.identity` when the frame has one, else
+    (a duck-typed frame source) what identifies the input of a run: its absolute path, size and modification time (of the file, or of
     every file of a Zarr folder), shape, dtype and a digest of its header (FITS cards)."""
+    if callable(getattr(frame, "identity", None)):
+        return _jsonable(frame.identity())
     info = frame.info
     p = Path(info.path)
     size, mtime = 0, 0.0
@@ -200,6 +203,7 @@ class RunResult:
     peak_rss_mib: float
     worker_peak_rss_mib: float | None
     scheduler: str
+    startup_s: float = 0.0
     nan: list = field(default_factory=list)
     complete: bool = True
 
@@ -218,7 +222,8 @@ class RunResult:
         lines = [f"{self.route}: {self.input} ({stack}{H} x {W} px) -> {self.out}",
                  f"tiles: {self.tiles_total} of {self.chunks[0]} x {self.chunks[1]} px, {self.tiles_computed} computed"
                  + (f", {resumed} already done (resumed)" if resumed else ""),
-                 f"time {self.elapsed_s:.2f} s, {self.mpix_per_s:.2f} Mpix/s ({self.scheduler}), {mem}"]
+                 f"time {self.elapsed_s:.2f} s, {self.mpix_per_s:.2f} Mpix/s ({self.scheduler}"
+                 + (f", {self.startup_s:.1f} s to start it" if self.startup_s >= 0.05 else "") + f"), {mem}"]
         for n in self.nan:
             if n["count"]:
                 where = ", ".join(f"({r}, {c})" for r, c in n["where"])
@@ -421,11 +426,9 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
             todo.append((n, by_index[tuple(ij)]))
         todo.sort(key=lambda t: (t[0], t[1].index))
         total = n_frames * len(grid.tiles)
-        t0 = time.perf_counter()
-        worker_rss = _execute(route, key, frame, store, todo, origin, stats, nan, stack, total,
+        worker_rss, elapsed, startup = _execute(route, key, frame, store, todo, origin, stats, nan, stack, total,
                               scheduler=scheduler, workers=workers, progress=progress, retries=retries,
                               connect_timeout=connect_timeout, threads=threads)
-        elapsed = time.perf_counter() - t0
         left = store.pending()
         if left:  # pragma: no cover - every task returned, yet a chunk is not marked: never call it complete
             raise PipelineError(f"{out}: {len(left)} chunk(s) still not written after the run (first {left[0]}); "
@@ -436,7 +439,7 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
                            tiles_computed=len(todo), elapsed_s=elapsed,
                            mpix_per_s=px / 1e6 / elapsed if elapsed > 0 and px else 0.0,
                            peak_rss_mib=peak_rss_mib(), worker_peak_rss_mib=worker_rss, scheduler=sched_name,
-                           nan=nan)
+                           startup_s=startup, nan=nan)
         store.finish(summary={**result.to_dict(), "command": command}, pyramid=pyramid)
         return result
     finally:
@@ -444,19 +447,22 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
 
 
 def _execute(route, key, frame, store, todo, origin, stats, nan, stack, total, *, scheduler, workers, progress,
-             retries, connect_timeout, threads) -> float | None:
-    """Run the pending chunks ``todo`` [(frame index, Tile)], frame by frame; return the largest worker peak RSS
-    (MiB) on a distributed cluster, ``None`` on the threaded scheduler."""
+             retries, connect_timeout, threads) -> tuple[float | None, float, float]:
+    """Run the pending chunks ``todo`` [(frame index, Tile)], frame by frame. Returns the largest worker peak RSS
+    (MiB) on a distributed cluster (``None`` on the threaded scheduler), the seconds the chunks took, and the
+    seconds spent starting or reaching the cluster (not counted in the throughput)."""
     from tqdm.auto import tqdm
 
     masked = {n["frame"] for n in nan if n["count"]}
     frames = sorted({n for n, _ in todo})
+    t_start = time.perf_counter()
     with tqdm(total=total, initial=total - len(todo), desc="tiles", unit="tile", disable=not progress,
               file=sys.stderr) as bar, _client(scheduler, workers, connect_timeout, threads or 1) as client:
         if client is None:
             import dask
 
             _ROUTES[key] = route
+            t0 = time.perf_counter()
             callback = _BarCallback(bar)
             for n in frames:
                 tasks = [dask.delayed(_compute_chunk, pure=False)(key, frame, store, t, n, origin, stats[n],
@@ -464,10 +470,11 @@ def _execute(route, key, frame, store, todo, origin, stats, nan, stack, total, *
                          for m, t in todo if m == n]
                 with callback:
                     dask.compute(*tasks, scheduler="threads", num_workers=threads)
-            return None
+            return None, time.perf_counter() - t0, t0 - t_start
         from distributed import as_completed
 
         client.register_plugin(RoutePlugin(route, key, threads or 1), name=f"pipelines-route-{key}")
+        t0 = time.perf_counter()
         peak = 0.0
         for n in frames:
             futs = [client.submit(_compute_chunk, key, frame, store, t, n, origin, stats[n], n in masked, stack,
@@ -481,7 +488,7 @@ def _execute(route, key, frame, store, todo, origin, stats, nan, stack, total, *
             except BaseException:
                 client.cancel(futs)
                 raise
-        return peak
+        return peak, time.perf_counter() - t0, t0 - t_start
 
 
 class _BarCallback:
