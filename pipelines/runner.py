@@ -315,7 +315,7 @@ def _client(scheduler, workers, connect_timeout: float, threads: int):
         raise PipelineError(f"--scheduler {addr!r}: expected an address like tcp://HOST:PORT (what "
                             "`dask scheduler` prints)")
     try:
-        client = Client(addr, timeout=connect_timeout, set_as_default=False)
+        client = Client(addr, timeout=connect_timeout)
     except (OSError, TimeoutError) as e:
         raise PipelineError(f"--scheduler {addr}: no Dask scheduler answered within {connect_timeout:g} s "
                             f"({type(e).__name__}); start one with `dask scheduler`, or leave --scheduler out to "
@@ -416,48 +416,49 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
     key = route_key(route)
     sched_name = ("threaded" if scheduler is None and workers is None
                   else f"LocalCluster of {workers} process(es)" if workers is not None else f"scheduler {scheduler}")
-    store = _make_store(out, shape=shape, chunks=tuple(grid.chunks), record=record, overwrite=overwrite)
-    try:
-        pending = [tuple(int(v) for v in p) for p in store.pending()]
-        by_index = {t.index: t for t in grid.tiles}
-        todo: list[tuple[int, object]] = []
-        for p in pending:
-            n, ij = (p[0], p[1:]) if stack else (0, p)
-            todo.append((n, by_index[tuple(ij)]))
-        todo.sort(key=lambda t: (t[0], t[1].index))
-        total = n_frames * len(grid.tiles)
-        worker_rss, elapsed, startup = _execute(route, key, frame, store, todo, origin, stats, nan, stack, total,
-                              scheduler=scheduler, workers=workers, progress=progress, retries=retries,
-                              connect_timeout=connect_timeout, threads=threads)
-        left = store.pending()
-        if left:  # pragma: no cover - every task returned, yet a chunk is not marked: never call it complete
-            raise PipelineError(f"{out}: {len(left)} chunk(s) still not written after the run (first {left[0]}); "
-                                "run the same command again to finish it")
-        px = sum((t.out[1] - t.out[0]) * (t.out[3] - t.out[2]) for _, t in todo)
-        result = RunResult(out=Path(out), route=route.name, input=str(frame.info.path), frame_shape=(H, W),
-                           n_frames=n_frames, chunks=tuple(grid.chunks), tiles_total=total,
-                           tiles_computed=len(todo), elapsed_s=elapsed,
-                           mpix_per_s=px / 1e6 / elapsed if elapsed > 0 and px else 0.0,
-                           peak_rss_mib=peak_rss_mib(), worker_peak_rss_mib=worker_rss, scheduler=sched_name,
-                           startup_s=startup, nan=nan)
-        store.finish(summary={**result.to_dict(), "command": command}, pyramid=pyramid)
-        return result
-    finally:
-        store.close()
+    t_start = time.perf_counter()
+    with _client(scheduler, workers, connect_timeout, threads or 1) as client:  # a dead scheduler: no store made
+        startup = time.perf_counter() - t_start
+        store = _make_store(out, shape=shape, chunks=tuple(grid.chunks), record=record, overwrite=overwrite)
+        try:
+            pending = [tuple(int(v) for v in p) for p in store.pending()]
+            by_index = {t.index: t for t in grid.tiles}
+            todo: list[tuple[int, object]] = []
+            for p in pending:
+                n, ij = (p[0], p[1:]) if stack else (0, p)
+                todo.append((n, by_index[tuple(ij)]))
+            todo.sort(key=lambda t: (t[0], t[1].index))
+            total = n_frames * len(grid.tiles)
+            worker_rss, elapsed = _execute(client, route, key, frame, store, todo, origin, stats, nan, stack, total,
+                                           progress=progress, retries=retries, threads=threads)
+            left = store.pending()
+            if left:  # pragma: no cover - every task returned, yet a chunk is not marked: never call it complete
+                raise PipelineError(f"{out}: {len(left)} chunk(s) still not written after the run (first {left[0]}); "
+                                    "run the same command again to finish it")
+            px = sum((t.out[1] - t.out[0]) * (t.out[3] - t.out[2]) for _, t in todo)
+            result = RunResult(out=Path(out), route=route.name, input=str(frame.info.path), frame_shape=(H, W),
+                               n_frames=n_frames, chunks=tuple(grid.chunks), tiles_total=total,
+                               tiles_computed=len(todo), elapsed_s=elapsed,
+                               mpix_per_s=px / 1e6 / elapsed if elapsed > 0 and px else 0.0,
+                               peak_rss_mib=peak_rss_mib(), worker_peak_rss_mib=worker_rss, scheduler=sched_name,
+                               startup_s=startup, nan=nan)
+            store.finish(summary={**result.to_dict(), "command": command}, pyramid=pyramid)
+            return result
+        finally:
+            store.close()
 
 
-def _execute(route, key, frame, store, todo, origin, stats, nan, stack, total, *, scheduler, workers, progress,
-             retries, connect_timeout, threads) -> tuple[float | None, float, float]:
-    """Run the pending chunks ``todo`` [(frame index, Tile)], frame by frame. Returns the largest worker peak RSS
-    (MiB) on a distributed cluster (``None`` on the threaded scheduler), the seconds the chunks took, and the
-    seconds spent starting or reaching the cluster (not counted in the throughput)."""
+def _execute(client, route, key, frame, store, todo, origin, stats, nan, stack, total, *, progress, retries,
+             threads) -> tuple[float | None, float]:
+    """Run the pending chunks ``todo`` [(frame index, Tile)], frame by frame, on ``client`` (``None``: the
+    threaded scheduler). Returns the largest worker peak RSS (MiB) on a distributed cluster (``None`` on the
+    threaded scheduler) and the seconds the chunks took."""
     from tqdm.auto import tqdm
 
     masked = {n["frame"] for n in nan if n["count"]}
     frames = sorted({n for n, _ in todo})
-    t_start = time.perf_counter()
     with tqdm(total=total, initial=total - len(todo), desc="tiles", unit="tile", disable=not progress,
-              file=sys.stderr) as bar, _client(scheduler, workers, connect_timeout, threads or 1) as client:
+              file=sys.stderr) as bar:
         if client is None:
             import dask
 
@@ -470,7 +471,7 @@ def _execute(route, key, frame, store, todo, origin, stats, nan, stack, total, *
                          for m, t in todo if m == n]
                 with callback:
                     dask.compute(*tasks, scheduler="threads", num_workers=threads)
-            return None, time.perf_counter() - t0, t0 - t_start
+            return None, time.perf_counter() - t0
         from distributed import as_completed
 
         client.register_plugin(RoutePlugin(route, key, threads or 1), name=f"pipelines-route-{key}")
@@ -478,7 +479,8 @@ def _execute(route, key, frame, store, todo, origin, stats, nan, stack, total, *
         peak = 0.0
         for n in frames:
             futs = [client.submit(_compute_chunk, key, frame, store, t, n, origin, stats[n], n in masked, stack,
-                                  retries=retries, pure=False, key=f"pipelines-chunk-{key}-{n}-{t.index[0]}-{t.index[1]}")
+                                  retries=retries, pure=False,
+                                  key=f"pipelines-chunk-{key}-{n}-{t.index[0]}-{t.index[1]}")
                     for m, t in todo if m == n]
             try:
                 for f in as_completed(futs):
@@ -488,7 +490,7 @@ def _execute(route, key, frame, store, todo, origin, stats, nan, stack, total, *
             except BaseException:
                 client.cancel(futs)
                 raise
-        return peak, time.perf_counter() - t0, t0 - t_start
+        return peak, time.perf_counter() - t0
 
 
 class _BarCallback:
