@@ -136,13 +136,23 @@ class RoutePlugin(_WorkerPluginBase):
 
     def setup(self, worker=None):
         _limit_threads(self.threads)
-        load = getattr(self.route, "load", None)
-        if callable(load):
-            load()
+        _warm(self.route)
         _ROUTES[self.key] = self.route
 
     def teardown(self, worker=None):
         _ROUTES.pop(self.key, None)
+
+
+def _warm(route) -> None:
+    """Load what a route needs once per process: a model route's checkpoint, on the process's device, into
+    :mod:`pipelines.routes.model`'s per-process cache (keyed by the checkpoint's SHA-256)."""
+    load = getattr(route, "load", None)
+    if callable(load):
+        load()
+    elif getattr(route, "sha256", None) and getattr(route, "path", None):
+        from .routes.model import loaded_model, resolve_device
+
+        loaded_model(route.path, route.sha256, resolve_device(route.device))
 
 
 def _limit_threads(n: int) -> None:
@@ -158,31 +168,25 @@ def _limit_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
-def _compute_chunk(key: str, frame, store, tile, index: int, origin: tuple[int, int], stats: dict,
-                   mask_pixels: bool, stack: bool) -> tuple:
-    """One task: read ``tile.read`` of frame ``index``, run the route, write chunk ``tile.index`` and mark it done.
+def _compute_chunks(key: str, frame, store, tiles: list, index: int, origin: tuple[int, int], stats: dict,
+                    stack: bool) -> tuple:
+    """One task: read each tile's ``read`` region of frame ``index``, run the route on them together (one
+    micro-batch), write each tile's output chunk (chunk-aligned) and mark it done.
 
-    Returns the chunk index and this process's peak RSS (MiB) and PID, for the summary.
+    Non-finite input pixels are the route's to fill and re-mask (:func:`pipelines.routes.base.fill_block`).
+    Returns the chunk indices written, this process's peak RSS (MiB) and its PID, for the summary.
     """
-    from psfsim.checks import checked_image
-
     route = _ROUTES.get(key)
     if route is None:  # pragma: no cover - a plugin not set up: a bug, never silently another route
         raise RuntimeError(f"pipelines: route {key} is not installed in process {os.getpid()}")
-    r0, r1, c0, c1 = tile.read
-    block = np.asarray(frame.read(index, slice(r0, r1), slice(c0, c1)), dtype=np.float32)
-    mask = None
-    if mask_pixels and not np.isfinite(block).all():
-        block, mask = checked_image(block, "frame", nan_policy="fill")
-    out = route([block], [(origin[0] + r0, origin[1] + c0)], stats)[0]
-    rows, cols = tile.inner
-    chunk = np.asarray(out[rows, cols], dtype=np.float32)
-    if mask is not None:
-        chunk = chunk.copy()
-        chunk[mask[rows, cols]] = np.nan
-    idx = (index, *tile.index) if stack else tuple(tile.index)
-    store.write_chunk(idx, chunk)
-    return idx, peak_rss_mib(), os.getpid()
+    blocks = [frame.read(index, slice(t.read[0], t.read[1]), slice(t.read[2], t.read[3])) for t in tiles]
+    outs = route(blocks, [(origin[0] + t.read[0], origin[1] + t.read[2]) for t in tiles], stats)
+    done = []
+    for t, y in zip(tiles, outs):
+        idx = (index, *t.index) if stack else tuple(t.index)
+        store.write_chunk(idx, np.ascontiguousarray(y[t.inner], dtype=np.float32))
+        done.append(idx)
+    return done, peak_rss_mib(), os.getpid()
 
 
 # -- the result ----------------------------------------------------------------------------------------------
@@ -257,21 +261,6 @@ def _check_args(tile, origin, workers, scheduler, nan_policy, retries) -> tuple[
     return int(tile), origin
 
 
-def _check_field(route, frame_shape, origin) -> None:
-    """A route tied to a lens (every route but a lens-free model) must see the frame inside the lens field."""
-    lens = getattr(route, "lens", None)
-    if lens is None or not hasattr(lens, "field"):
-        return
-    H, W = frame_shape
-    FH, FW = lens.field.shape_px
-    r, c = origin
-    if r + H > FH or c + W > FW:
-        raise PipelineError(f"frame of {H} x {W} px at --origin {r},{c} does not lie inside the lens field of "
-                            f"{FH} x {FW} px ({getattr(lens, 'name', 'lens')}); expected origin + frame <= field "
-                            "(a frame that is a sub-window of the field needs --origin; another lens needs another "
-                            "checkpoint or --lens)")
-
-
 def _nan_reports(frame, nan_policy: str) -> list[dict]:
     reps = []
     for n in range(frame.n_frames):
@@ -343,7 +332,7 @@ def _make_store(out, *, shape, chunks, record, overwrite):
 def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | None = None,
         workers: int | None = None, overwrite: bool = False, pyramid: bool = False, progress: bool = True,
         nan_policy: str = "fill", retries: int = 3, connect_timeout: float = 10.0, threads: int | None = None,
-        command: str = "") -> RunResult:
+        group: int | None = None, command: str = "") -> RunResult:
     """Run ``route`` over every tile of ``frame`` (every frame of a stack) into the output store ``out``.
 
     Parameters
@@ -381,6 +370,9 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
         Seconds to wait for ``scheduler`` (and for its first worker).
     threads : int, optional
         Threads of the threaded scheduler (default: Dask's, the CPU count) or per worker process (default 1).
+    group : int, optional
+        Output chunks per task, run through the route together as one micro-batch (default: the route's
+        ``batch``, 1 for routes without one). Each chunk is still written and marked done on its own.
     command : str
         The command line, kept in the completion summary (provenance only, not compared on resume).
 
@@ -403,11 +395,14 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
     if H < tile or W < tile:
         raise PipelineError(f"--input {frame.info.path}: frame of {H} x {W} px is smaller than one tile "
                             f"({tile} px); use --tile <= {min(H, W)}")
-    _check_field(route, (H, W), origin)
+    if callable(getattr(route, "check_frame", None)):  # the cheap refusal first: a frame outside the lens field
+        route.check_frame((H, W), origin)
     grid = TileGrid((H, W), tile=tile, halo=int(route.halo), align=int(getattr(route, "align", 1)))
+    group = int(group or getattr(route, "batch", 1) or 1)
     nan = _nan_reports(frame, nan_policy)
     stack = len(frame.info.shape) == 3
-    stats = [_jsonable(route.prepare(frame, n)) for n in range(n_frames)]  # frame-wide, once, before any tile
+    # frame-wide statistics (normalisation...), once per frame before any tile; the lens field checked there
+    stats = [_jsonable(route.prepare(frame, n, origin=origin)) for n in range(n_frames)]
     record = {"route": _jsonable(route.identity()), "route_name": route.name, "input": input_identity(frame),
               "tile": tile, "halo": int(route.halo), "align": int(getattr(route, "align", 1)),
               "origin": list(origin), "nan_policy": nan_policy, "nan": _jsonable(nan), "stats": stats,
@@ -429,8 +424,8 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
                 todo.append((n, by_index[tuple(ij)]))
             todo.sort(key=lambda t: (t[0], t[1].index))
             total = n_frames * len(grid.tiles)
-            worker_rss, elapsed = _execute(client, route, key, frame, store, todo, origin, stats, nan, stack, total,
-                                           progress=progress, retries=retries, threads=threads)
+            worker_rss, elapsed = _execute(client, route, key, frame, store, todo, origin, stats, stack, total,
+                                           progress=progress, retries=retries, threads=threads, group=group)
             left = store.pending()
             if left:  # pragma: no cover - every task returned, yet a chunk is not marked: never call it complete
                 raise PipelineError(f"{out}: {len(left)} chunk(s) still not written after the run (first {left[0]}); "
@@ -448,15 +443,22 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
             store.close()
 
 
-def _execute(client, route, key, frame, store, todo, origin, stats, nan, stack, total, *, progress, retries,
-             threads) -> tuple[float | None, float]:
+def _groups(todo: list, group: int) -> dict[int, list[list]]:
+    """The pending tiles of each frame in runs of ``group`` consecutive (row-major) tiles: one task each."""
+    by_frame: dict[int, list] = {}
+    for n, t in todo:
+        by_frame.setdefault(n, []).append(t)
+    return {n: [ts[i:i + group] for i in range(0, len(ts), group)] for n, ts in sorted(by_frame.items())}
+
+
+def _execute(client, route, key, frame, store, todo, origin, stats, stack, total, *, progress, retries,
+             threads, group) -> tuple[float | None, float]:
     """Run the pending chunks ``todo`` [(frame index, Tile)], frame by frame, on ``client`` (``None``: the
     threaded scheduler). Returns the largest worker peak RSS (MiB) on a distributed cluster (``None`` on the
     threaded scheduler) and the seconds the chunks took."""
     from tqdm.auto import tqdm
 
-    masked = {n["frame"] for n in nan if n["count"]}
-    frames = sorted({n for n, _ in todo})
+    tasks_of = _groups(todo, group)
     with tqdm(total=total, initial=total - len(todo), desc="tiles", unit="tile", disable=not progress,
               file=sys.stderr) as bar:
         if client is None:
@@ -465,10 +467,9 @@ def _execute(client, route, key, frame, store, todo, origin, stats, nan, stack, 
             _ROUTES[key] = route
             t0 = time.perf_counter()
             callback = _BarCallback(bar)
-            for n in frames:
-                tasks = [dask.delayed(_compute_chunk, pure=False)(key, frame, store, t, n, origin, stats[n],
-                                                                  n in masked, stack)
-                         for m, t in todo if m == n]
+            for n, groups in tasks_of.items():
+                tasks = [dask.delayed(_compute_chunks, pure=False)(key, frame, store, ts, n, origin, stats[n], stack)
+                         for ts in groups]
                 with callback:
                     dask.compute(*tasks, scheduler="threads", num_workers=threads)
             return None, time.perf_counter() - t0
@@ -477,16 +478,16 @@ def _execute(client, route, key, frame, store, todo, origin, stats, nan, stack, 
         client.register_plugin(RoutePlugin(route, key, threads or 1), name=f"pipelines-route-{key}")
         t0 = time.perf_counter()
         peak = 0.0
-        for n in frames:
-            futs = [client.submit(_compute_chunk, key, frame, store, t, n, origin, stats[n], n in masked, stack,
+        for n, groups in tasks_of.items():
+            futs = [client.submit(_compute_chunks, key, frame, store, ts, n, origin, stats[n], stack,
                                   retries=retries, pure=False,
-                                  key=f"pipelines-chunk-{key}-{n}-{t.index[0]}-{t.index[1]}")
-                    for m, t in todo if m == n]
+                                  key=f"pipelines-chunks-{key}-{n}-{ts[0].index[0]}-{ts[0].index[1]}")
+                    for ts in groups]
             try:
                 for f in as_completed(futs):
-                    _, rss, _pid = f.result()
+                    done, rss, _pid = f.result()
                     peak = max(peak, rss)
-                    bar.update(1)
+                    bar.update(len(done))
             except BaseException:
                 client.cancel(futs)
                 raise
@@ -501,7 +502,7 @@ class _BarCallback:
 
         class _CB(Callback):
             def _posttask(self, key, result, dsk, state, worker_id):
-                if isinstance(result, tuple) and len(result) == 3:
-                    bar.update(1)
+                if isinstance(result, tuple) and len(result) == 3 and isinstance(result[0], list):
+                    bar.update(len(result[0]))
 
         return _CB()

@@ -68,8 +68,11 @@ class Wrapped:
     def identity(self):
         return self.inner.identity()
 
-    def prepare(self, frame, index):
-        return self.inner.prepare(frame, index)
+    def prepare(self, frame, index, **kw):
+        return self.inner.prepare(frame, index, **kw)
+
+    def check_frame(self, *a, **kw):
+        return self.inner.check_frame(*a, **kw)
 
     def __call__(self, blocks, origins, stats):
         self.calls += 1
