@@ -72,11 +72,17 @@ def _frame(args):
     return open_frame(args.input, hdu=args.hdu, array=args.array)
 
 
-def _run(args, route) -> int:
+def _run(args, make_route) -> int:
+    """Open the frame (its header: the cheap refusals first), then build the route (a lens or a checkpoint to
+    load), then run."""
     from .runner import run
 
     frame = _frame(args)
-    res = run(route, frame, args.out, tile=args.tile, origin=_origin(args.origin), scheduler=args.scheduler,
+    origin = _origin(args.origin)
+    if args.workers is not None and args.workers < 1:
+        raise PsfsimError(f"--workers {args.workers}: expected an integer >= 1")
+    route = make_route()
+    res = run(route, frame, args.out, tile=args.tile, origin=origin, scheduler=args.scheduler,
               workers=args.workers, overwrite=args.overwrite, pyramid=args.pyramid,
               progress=not args.no_progress and sys.stderr.isatty(), nan_policy=args.nan,
               connect_timeout=args.connect_timeout, command=args._command)
@@ -90,8 +96,8 @@ def cmd_deblur(args) -> int:
     _positive("--batch", args.batch)
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         raise PsfsimError(f"--device {args.device!r}: expected auto, cpu or cuda[:N]")
-    route = model_route(args.checkpoint, device=args.device, batch=args.batch, halo=_halo(args.halo))
-    return _run(args, route)
+    halo = _halo(args.halo)
+    return _run(args, lambda: model_route(args.checkpoint, device=args.device, batch=args.batch, halo=halo))
 
 
 def _wiener_options(args) -> dict:
@@ -104,13 +110,15 @@ def _wiener_options(args) -> dict:
 def cmd_wiener(args) -> int:
     from .routes import wiener_route
 
-    return _run(args, wiener_route(args.lens, sv=args.sv, **_wiener_options(args)))
+    opts = _wiener_options(args)
+    return _run(args, lambda: wiener_route(args.lens, sv=args.sv, **opts))
 
 
 def cmd_rl(args) -> int:
     from .routes import rl_route
 
-    return _run(args, rl_route(args.lens, iterations=_positive("--iterations", args.iterations)))
+    iterations = _positive("--iterations", args.iterations)
+    return _run(args, lambda: rl_route(args.lens, iterations=iterations))
 
 
 def cmd_simulate(args) -> int:
@@ -119,7 +127,8 @@ def cmd_simulate(args) -> int:
     _positive("--photons", args.photons, float)
     if args.read_noise is not None and not args.read_noise >= 0:
         raise PsfsimError(f"--read-noise {args.read_noise}: expected a number >= 0")
-    return _run(args, simulate_route(args.lens, photons=args.photons, read_noise=args.read_noise, seed=args.seed))
+    return _run(args, lambda: simulate_route(args.lens, photons=args.photons, read_noise=args.read_noise,
+                                             seed=args.seed))
 
 
 def cmd_export(args) -> int:
