@@ -61,8 +61,8 @@ class FrameInfo:
     shape : tuple of int
         ``(H, W)``, or ``(N, H, W)`` for a stack (after dropping leading axes of length 1 beyond three).
     dtype : str
-        The stored dtype (``numpy.dtype.str``-free name, e.g. ``"uint16"``, ``"float32"``; FITS: the dtype astropy
-        gives, i.e. after BSCALE / BZERO).
+        The stored dtype's name (``"uint16"``, ``"float32"``, ...; FITS: the BITPIX type, or the float type that
+        BSCALE / BZERO scale it to). Reads are float32 whatever it is.
     header : tuple of (str, value, str) or None
         FITS: the chosen HDU's header cards ``(keyword, value, comment)`` in order, values JSON-able (bool, int,
         float, str, or None for an undefined value); ``None`` for other formats.

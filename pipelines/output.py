@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -132,13 +131,13 @@ def _axes(ndim: int, stack_axis: str) -> list[dict]:
 
 
 def _level_shapes(shape: tuple, chunks: tuple) -> list[tuple]:
-    """Shapes of the pyramid levels 0, 1, ...: each halves (rounding up) the frame axes, until the frame fits
-    in one chunk (at least one level below 0 when the frame is 2 px or more on each side)."""
+    """Shapes of the pyramid levels 0, 1, ...: each halves (rounding up) the frame axes, until a frame fits in
+    one chunk (at least one level below 0 when the frame is 2 px or more on each side)."""
     out = [tuple(shape)]
-    big = max(chunks[-2:])
+    th, tw = chunks[-2:]
     while True:
         h, w = out[-1][-2:]
-        if min(h, w) < 2 or (len(out) > 1 and max(h, w) <= big):
+        if min(h, w) < 2 or (len(out) > 1 and h <= th and w <= tw):
             break
         out.append(tuple(shape[:-2]) + (-(-h // 2), -(-w // 2)))
     return out
@@ -274,10 +273,6 @@ class OutputStore:
             raise PipelineError(f"{p}: record {record!r}: expected a dict")
         record = _jsonable(record, f"{p}: record")
         axes = _axes(len(shape), stack_axis)
-        if p.exists() and not p.is_dir():
-            raise PipelineError(f"--out {p}: exists and is not a folder")
-        if not p.parent.is_dir():
-            raise PipelineError(f"--out {p}: folder {p.parent} does not exist")
         ins = list(inputs)
         rin = record.get("input")
         if isinstance(rin, dict) and isinstance(rin.get("path"), str):
@@ -287,6 +282,10 @@ class OutputStore:
             for i in ins:  # an output folder holding the input would be deleted by --overwrite
                 if Path(os.path.abspath(i)).is_relative_to(p):
                     raise PipelineError(f"--out {p}: contains the input {i}; choose another output path")
+            if p.exists() and not p.is_dir():
+                raise PipelineError(f"--out {p}: exists and is not a folder")
+            if not p.parent.is_dir():
+                raise PipelineError(f"--out {p}: folder {p.parent} does not exist")
             lock = WriterLock(p, what="pipelines").acquire()
         except PsfsimError as e:
             raise PipelineError(str(e)) from None
@@ -528,8 +527,13 @@ class OutputStore:
 def _write_ngff(g, axes: list, levels: int, name: str) -> None:
     """NGFF 0.5 multiscales metadata (through ome-zarr-py) for levels ``0 .. levels-1``: level k is scaled by
     2^k on the frame axes and translated by (2^k - 1) / 2 pixels (the centre of the 2^k x 2^k pixels averaged)."""
+    import warnings
+
     from ome_zarr.format import FormatV05
-    from ome_zarr.writer import write_multiscales_metadata
+
+    with warnings.catch_warnings():  # its module defines a default argument with a deprecated class (0.18)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.writer import write_multiscales_metadata
 
     nlead = len(axes) - 2
     datasets = []
@@ -648,8 +652,8 @@ def export(path, to, *, overwrite: bool = False) -> Path:
 
     FITS keeps the input's header (WCS, BUNIT, exposure...; ``record["input"]["header"]``, or the input file's
     own header when unchanged) without the keywords that describe the stored array, plus HISTORY cards naming
-    the run; TIFF through tifffile (BigTIFF when larger than 4 GB). A stack is written as a cube / multi-page
-    TIFF. Every chunk is checked against its digest while it is read; NaN (masked pixels) is kept, inf refused.
+    the run; TIFF through tifffile (greyscale pages, BigTIFF when larger than 4 GB). A stack is written as a cube
+    / multi-page TIFF. Every chunk is checked against its digest while it is read; NaN (masked pixels) is kept, inf refused.
 
     Parameters
     ----------
@@ -672,7 +676,7 @@ def export(path, to, *, overwrite: bool = False) -> Path:
         store itself, a frame larger than psfsim's read budget (``PSFSIM_MAX_IMAGE_BYTES``).
     """
     from psfsim.errors import PsfsimError
-    from psfsim.io import max_image_bytes, write_array_to
+    from psfsim.io import check_finite, max_image_bytes, write_array_to
     from psfsim.store import atomic_file, check_not_input, check_output
 
     p = Path(path)
@@ -710,10 +714,19 @@ def export(path, to, *, overwrite: bool = False) -> Path:
     inp = rec.get("input") if isinstance(rec.get("input"), dict) else {}
     if isinstance(inp.get("path"), str):
         history.append(f"input: {inp['path']}")
-    header = _input_header(meta, p) if suf in (".fits", ".fit", ".fts") else None
     try:
         with atomic_file(out) as tmp:
-            write_array_to(tmp, a, suf, name=out, fits_header=header, history=history, mask=np.isnan(a))
+            if suf in (".tif", ".tiff"):
+                import tifffile
+
+                check_finite(a, out, mask=np.isnan(a))
+                # minisblack: a stack of 3 or 4 frames is pages, never colour planes (tifffile's default guess)
+                with open(tmp, "wb") as f:  # the exclusive temporary itself, never reopened by name
+                    tifffile.imwrite(f, a, photometric="minisblack", bigtiff=nbytes > 2**32 - 2**25,
+                                     description=json.dumps({"pipelines": history}))
+            else:
+                write_array_to(tmp, a, suf, name=out, fits_header=_input_header(meta, p), history=history,
+                               mask=np.isnan(a))
     except PsfsimError as e:
         raise PipelineError(str(e)) from None
     return out

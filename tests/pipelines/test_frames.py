@@ -30,11 +30,16 @@ def _img(seed=0, shape=(H, W), dtype=np.uint16):
 
 def _write_all(d: Path) -> dict:
     """One file of each kind in ``d``: {name: (path, open_frame kwargs, reference float32 array)}."""
+    import warnings
+
     import tifffile
     import zarr
     from astropy.io import fits
     from ome_zarr.format import FormatV05
-    from ome_zarr.writer import write_image
+
+    with warnings.catch_warnings():  # ome-zarr 0.18's module defines a default argument with a deprecated class
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.writer import write_image
 
     out = {}
     a = _img(0)
