@@ -36,6 +36,7 @@ from .lens import (
     preset_names,
 )
 from .psf import PSFEngine, PSFGrid, psf_grid
+from .field_table import FieldTable, read_table_csv
 from .psf_metrics import PSFMetrics
 from .dataset import DatasetReader, SimulationSpec, open_dataset, simulate
 from .noise import NoiseModel
@@ -70,6 +71,8 @@ __all__ = [
     "Seidel",
     "ZernikeTerm",
     "lens_from_dict",
+    "FieldTable",
+    "read_table_csv",
     "lens_from_toml",
     "load_lens",
     "preset_names",
