@@ -67,11 +67,12 @@ def test_generator_is_seeded_and_checks_its_arguments():
         sad.sad_batch(1, generator=g, square=4)
 
 
+@pytest.mark.slow
 def test_one_pafu_layer_represents_the_target_exactly_away_from_the_edge():
     """The paper's minimal solution built by hand in recon's PAFU layer: a Dirac and a zero 5 x 5 kernel, and a
     scorer whose 25 hidden units each fire when one pixel of the 5 x 5 neighbourhood is (nearly) black. It gives
     the target exactly wherever the neighbourhood is inside the image (at the edge zero padding looks black)."""
-    x, y, _ = _batch("shifted", n=4, seed=1)
+    x, y, _ = _batch("shifted", n=2, seed=1)
     eps = float(x[x > 0].min()) / 2
     model = build_model("pafu_net", scorer_hidden=25).eval()
     p = model.pafu
