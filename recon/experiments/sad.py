@@ -345,7 +345,7 @@ def _claims(rows: list[dict], records: dict) -> list[Claim]:
     return claims
 
 
-def _error_figure(records: dict, path: Path) -> Path:
+def _error_figure(records: dict, s: dict, path: Path) -> Path:
     from psfsim.figures import _plt, save_atomic_figure
 
     plt = _plt()
@@ -360,6 +360,8 @@ def _error_figure(records: dict, path: Path) -> Path:
             ax.plot(steps, vals.mean(0), color=f"C{i}", label=MODELS[key][0])
             if len(recs) > 1:
                 ax.fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2, lw=0)
+        xt, yt, mt = _test_set(variant, s["test_samples"])
+        ax.axhline(_errors(xt, yt, mt)["l1"], color="0.4", ls="--", lw=1, label="identity (the input)")
         ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_title(f"{variant} grid")
@@ -379,7 +381,8 @@ def _outputs_figure(exp: ExperimentDir, records: dict, variant: str, s: dict, pa
     xt, yt, mt = _test_set(variant, 1)
     keys = [k for k in MODELS if exp.done(_unit(variant, k, seed))]
     plt = _plt()
-    fig, axes = plt.subplots(3, max(len(keys), 4), figsize=(2.6 * max(len(keys), 4), 8.0))
+    ncol = max(len(keys), 5)  # row 0: input, target, PAFU's selection and its two kernels
+    fig, axes = plt.subplots(3, ncol, figsize=(2.4 * ncol, 7.6))
     for ax in axes.ravel():
         ax.set_axis_off()
     grey = {"cmap": "gray", "vmin": 0, "vmax": 1, "interpolation": "nearest"}
@@ -398,19 +401,21 @@ def _outputs_figure(exp: ExperimentDir, records: dict, variant: str, s: dict, pa
         if key == "pafu_net":
             k = records[_unit(variant, key, seed)]["pafu"]
             sel = model.select(xt)[0].numpy()
-            axes[0, 2].imshow(sel == k["zero_index"], cmap="gray_r", interpolation="nearest")
-            axes[0, 2].set_title(f"PAFU selection (black: zero kernel)\n"
-                                 f"= target mask at {100 * k['selection_agreement']:.2f}%", fontsize=8)
+            axes[0, 2].imshow(sel == k["zero_index"], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            axes[0, 2].set_axis_on()
+            axes[0, 2].set_xticks([])
+            axes[0, 2].set_yticks([])
+            axes[0, 2].set_title(f"PAFU: zero kernel in black\n= target mask at {100 * k['selection_agreement']:.1f}%",
+                                 fontsize=8)
             for c, (name, j_) in enumerate((("Dirac", k["dirac_index"]), ("zero", k["zero_index"]))):
                 kern = np.asarray(k["kernels"][j_]["weight"])
-                a = axes[0, 3 + c] if 3 + c < axes.shape[1] else None
-                if a is None:
-                    continue
+                a = axes[0, 3 + c]
                 a.set_axis_on()
                 a.imshow(kern, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
                 a.set_xticks([])
                 a.set_yticks([])
-                a.set_title(f"PAFU kernel {j_} ({name}?)\nbias {k['kernels'][j_]['bias']:+.3f}", fontsize=8)
+                dist = k["dirac_error"] if name == "Dirac" else k["zero_error"]
+                a.set_title(f"kernel {j_}: {name} to {dist:.3f}\nbias {k['kernels'][j_]['bias']:+.3f}", fontsize=8)
                 for (r_, c_), v in np.ndenumerate(kern):
                     a.text(c_, r_, f"{v:.2f}", ha="center", va="center", fontsize=5)
     fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.7)
@@ -498,7 +503,7 @@ def _run(exp: ExperimentDir, s: dict, dev, progress: bool, t0: float) -> SADResu
                       f"seeds 0..{s['seeds'] - 1}; l1_squares / l1_outside: pixels inside / outside the black squares.")
     claims = _claims(rows, records)
     exp.write_text("claims.md", claims_markdown(claims))
-    figures = [_error_figure(records, exp.file("sad_errors.png"))]
+    figures = [_error_figure(records, s, exp.file("sad_errors.png"))]
     for variant in VARIANTS:
         p = _outputs_figure(exp, records, variant, s, exp.file(f"sad_{variant}.png"))
         if p is not None:
