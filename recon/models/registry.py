@@ -44,6 +44,10 @@ MODELS: dict[str, ModelSpec] = {
     "coordconv_unet": ModelSpec("unet:UNet", {"variant": "coordconv"}, description="CoordConv-UNet(d)"),
     "pafu_unet": ModelSpec("pafu_unet:PAFUUNet", description="PAFU-UNet(d): per-pixel kernel selection at the input conv"),
     "multiwienernet": ModelSpec("multiwienernet:MultiWienerNet", description="MultiWienerNet: K learnable Wiener filters + UNet(d)"),
+    "fcnn": ModelSpec("fcnn:FCNN", {"residual": False}, description="FCNN(L, k, c): plain 2-D convolutions, no pooling"),
+    "res_fcnn": ModelSpec("fcnn:FCNN", {"residual": True}, description="residual FCNN(L, k, c): input + FCNN"),
+    "cg_fcnn": ModelSpec("fcnn:CoordGateFCNN", description="CG-FCNN(L, k, c, p): CoordGate layers, no pooling"),
+    "pafu_net": ModelSpec("fcnn:PAFUNet", description="PAFU-net: one PAFU layer (n k x k kernels chosen per pixel)"),
 }
 
 
