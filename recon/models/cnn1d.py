@@ -2,7 +2,8 @@
 ``CNN(L, k, c)``, ``cCNN(L, k, c)`` (CoordConv: coordinates concatenated before every convolution) and
 ``CG(L, k, c, p)`` (CoordGate layers), all called as ``model(x (B, 1, n), coords (B, 1, n))``, and the paper's
 control :class:`NoiseGateCNN1d` (the same CG with U(-1, 1) noise as its static gate input instead of the
-coordinates).
+coordinates), and :class:`FreeGateLC1d`, a reference bounding what any ``CG(1, k, c, p)`` can do (its gates a
+free table per position).
 
 ``L`` convolution layers of kernel ``k`` (odd, same padding) and ``c`` channels with ReLU between them, the
 last layer producing 1 channel. In ``CG`` with ``L >= 2`` every layer but the last is a
@@ -23,7 +24,7 @@ from ..coords import check_coords
 from ..errors import ReconError
 from ..layers import CoordConv, CoordGate
 
-__all__ = ["CNN1d", "CoordConvCNN1d", "CoordGateCNN1d", "NoiseGateCNN1d"]
+__all__ = ["CNN1d", "CoordConvCNN1d", "CoordGateCNN1d", "NoiseGateCNN1d", "FreeGateLC1d"]
 
 
 def _check(L, k, c):
@@ -154,3 +155,34 @@ class NoiseGateCNN1d(CoordGateCNN1d):
             raise ReconError(f"x of length {x.shape[-1]}: this random-input control was built for length "
                              f"{self.length} (its noise input is fixed per sample position)")
         return self.static.to(dtype=x.dtype).expand(x.shape[0], -1, -1)
+
+
+class FreeGateLC1d(nn.Module):
+    """A reference, not a model of the paper: ``CG(1, k, c, p)``'s structure with the gates a free ``(c, length)``
+    table of parameters instead of an MLP of the coordinates: ``y(x) = b + sum_j a_j G[j, x] (w_j * m)(x)``.
+
+    Every ``CG(1, k, c, p)`` is one of these (its gates are some function of the position), so this model trained
+    the same way estimates the best a one-layer CoordGate with ``c`` channels can do on a fixed-length problem,
+    whatever its gate MLP: the ceiling of the architecture (a locally connected layer of rank ``c``), which
+    separates "the gate MLP could not learn it" from "``c`` channels cannot represent it". Gates start at
+    ``1 + 0.1 N(0, 1)``. Inputs must have exactly ``length`` samples; ``coords`` are ignored.
+    """
+
+    position_aware = False
+
+    def __init__(self, k: int = 15, c: int = 3, length: int = 30):
+        super().__init__()
+        _check(1, k, c)
+        if isinstance(length, bool) or int(length) != length or length < 1:
+            raise ReconError(f"length = {length!r}: expected a whole number of samples >= 1")
+        self.k, self.length = int(k), int(length)
+        self.conv = nn.Conv1d(1, c, k, padding=k // 2)
+        self.gates = nn.Parameter(1.0 + 0.1 * torch.randn(1, c, self.length))
+        self.mix = nn.Conv1d(c, 1, 1)
+
+    def forward(self, x, coords=None):
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] != 1:
+            raise ReconError(f"x of shape {tuple(getattr(x, 'shape', ()))}: expected (B, 1, {self.length})")
+        if x.shape[-1] != self.length:
+            raise ReconError(f"x of length {x.shape[-1]}: this free-gate reference has gates for {self.length} samples")
+        return self.mix(self.conv(x) * self.gates)
