@@ -572,7 +572,9 @@ def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = T
         log("conv1d: inference times measured")
     else:
         reused.append("timing")
-    return _report(exp, specs, settings, computed, reused, time.perf_counter() - t_start)
+    res = _report(exp, specs, settings, computed, reused, 0.0)
+    res.seconds = time.perf_counter() - t_start
+    return res
 
 
 def _report(exp: ExperimentDir, specs, settings, computed, reused, seconds) -> Conv1dResult:
@@ -585,15 +587,19 @@ def _report(exp: ExperimentDir, specs, settings, computed, reused, seconds) -> C
         em, _ = mean_spread(r["h_rel_err"] for r in rs)
         rows.append({
             "key": s.key, "label": s.label, "family": s.family, "params": rs[0]["params"], "psnr_db": pm,
-            "psnr_spread": ps, "h_rel_err": em, "epochs": mean_spread(r["epochs"] for r in rs)[0],
+            "psnr_spread": ps, "psnr_max": max(r["psnr_db"] for r in rs), "h_rel_err": em,
+            "collapsed": sum(float(np.abs(np.asarray(r["learned_h"])).max()) < 1e-6 for r in rs),
+            "epochs": mean_spread(r["epochs"] for r in rs)[0],
             "stopped": "/".join(sorted({r["stopped"] for r in rs})),
             "train_s": mean_spread(r["train_seconds"] for r in rs)[0],
             "infer_ms": timing["infer_ms"][s.key], "infer_batch": timing["batch"], "seeds": len(rs)})
         learned[s.key] = np.asarray(rs[0]["learned_h"])
-    cols = ["label", "params", "psnr_db", "psnr_spread", "h_rel_err", "infer_ms", "epochs", "stopped", "train_s", "seeds"]
+    cols = ["label", "params", "psnr_db", "psnr_spread", "psnr_max", "h_rel_err", "collapsed", "infer_ms", "epochs",
+            "stopped", "train_s", "seeds"]
     note = (f"PSNR = 10 log10(1/MSE) on the {int(0.1 * settings['n_signals'])} test signals, mean and spread (half "
             f"the range) over {settings['seeds']} seed(s); h_rel_err = |H_learned - H|_F / |H|_F (mean over "
-            f"seeds; the figure shows the first seed's); infer_ms: median forward time of the {timing['batch']}-signal "
+            f"seeds; the figure shows the first seed's); psnr_max: the best seed; collapsed: seeds whose network "
+            f"ended constant (zero impulse response: dead ReLUs, the PSNR of predicting the mean); infer_ms: median forward time of the {timing['batch']}-signal "
             f"test batch on {timing['device']} ({timing['torch_threads']} thread(s)), all models in one pass; "
             f"epochs: mean epochs trained; stopped: plateau (the stopping rule) or max_epochs.")
     md, csv = write_table(exp, "table", rows, cols, title="CoordGate Sec. IV.A: learning a 1-D spatially-varying blur",
