@@ -381,8 +381,9 @@ def judge(rows: list[dict]) -> list[Claim]:
             f"{cg['label']}, one gated conv layer, learns H far better (>= {FAR_DB:g} dB) than every CNN and cCNN",
             margin >= FAR_DB,
             f"{cg['label']} {_fmt_db(cg['psnr_db'], cg['psnr_spread'])}; best CNN/cCNN {best['label']} "
-            f"{_fmt_db(best['psnr_db'], best['psnr_spread'])}; margin {margin:+.2f} dB; |H error| "
-            f"{cg['h_rel_err']:.3f} vs {best['h_rel_err']:.3f}"
+            f"{_fmt_db(best['psnr_db'], best['psnr_spread'])}; margin {margin:+.2f} dB; impulse-response error "
+            f"{cg['h_rel_err']:.3f} vs {best['h_rel_err']:.3f} (lowest of any CNN/cCNN: "
+            f"{min(r['h_rel_err'] for r in cnns):.3f}, {min(cnns, key=lambda r: r['h_rel_err'])['label']})"
             + (f"; the free-gate ceiling of a 3-channel gated layer {_fmt_db(ref['psnr_db'], ref['psnr_spread'])}"
                if ref else "")))
     pairs = [(r, by.get("c" + r["key"])) for r in rows if r["family"] == "cnn" and by.get("c" + r["key"])]
