@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -259,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # every command's user errors: one line, exit 2 (ReconError is a PsfsimError)
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`recon models | head`): not a user error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (PsfsimError, OSError) as e:
         return _user_error(e)
     except KeyboardInterrupt:

@@ -135,8 +135,13 @@ class Claim:
 def claims_markdown(claims: Iterable[Claim]) -> str:
     lines = ["| claim (paper) | verdict | evidence (this run) |", "|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c.claim} | **{c.verdict}** | {c.evidence} |")
+        lines.append(f"| {_cell(c.claim)} | **{c.verdict}** | {_cell(c.evidence)} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text) -> str:
+    """Text for a markdown table cell: ``|`` escaped and line breaks folded (either would break the row)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def _fmt(v: Any) -> str:
@@ -167,7 +172,7 @@ def write_table(exp: ExperimentDir, stem: str, rows: list[dict], columns: list[s
     md.append("| " + " | ".join(columns) + " |")
     md.append("|" + "---|" * len(columns))
     for r in rows:
-        md.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+        md.append("| " + " | ".join(_cell(_fmt(r.get(c, ""))) for c in columns) + " |")
     if notes:
         md += ["", notes.rstrip()]
     md_path = exp.write_text(f"{stem}.md", "\n".join(md) + "\n")

@@ -51,3 +51,9 @@ def test_claims_and_spread():
 def test_unknown_experiment_named():
     with pytest.raises(ReconError, match="'nope'.*conv1d"):
         experiment_module("nope")
+
+
+def test_markdown_cells_escape_pipes_and_newlines(tmp_path):
+    text = claims_markdown([Claim("A | B", False, "x|y\nz")])
+    assert "A \\| B" in text and "x\\|y z" in text
+    assert text.splitlines()[2].count(" | ") == 2  # three cells, the escaped pipes inside them
