@@ -701,7 +701,7 @@ def _qc_chunks(lens, frame, path: str, run_id: str, shape, chunks, indices: list
         if g.attrs.get("pipelines", {}).get("run_id") != run_id:
             raise PipelineError(f"{path}: the store was taken over by another run during its QC; this run stops")
         core = r[r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
-        res[lead + (slice(r0, r1), slice(c0, c1))] = core[None] if stack else core
+        res[lead + (slice(r0, r1), slice(c0, c1))] = core  # an integer frame index: a 2-D selection
         st[idx] = vec
         done[idx] = 1  # last: residual and sums are on disk
         out.append(idx)
