@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The whole demo, stage by stage (psfsim.demo, recon.demo, then the pipelines commands on a frame filling the lens
+# field), timed, with demo_out/report.md at the end; DEMO_LENS: any preset or lens TOML (the frame is its field).
+DEMO_LENS ?= microscope
 demo: $(STAMP)
-	$(PY) -m psfsim.demo --out demo_out
-	$(PY) -m recon.demo --data demo_out/data/dataset.zarr --out demo_out/recon
+	$(PY) -m pipelines.demo --out demo_out --lens $(DEMO_LENS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

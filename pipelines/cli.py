@@ -4,7 +4,7 @@
 
     pipelines deblur   --checkpoint CKPT --input FRAME --out OUT.zarr [--tile 1024] [--halo auto|N] [--batch B]
                        [--device auto|cpu|cuda] [--origin ROW,COL] [--scheduler ADDRESS | --workers N]
-                       [--pyramid] [--overwrite]
+                       [--pyramid] [--overwrite] [--no-qc] [--qc-lens LENS]
     pipelines wiener   --lens LENS --input FRAME --out OUT.zarr [--sv] ...
     pipelines rl       --lens LENS --input FRAME --out OUT.zarr [--iterations K] ...
     pipelines simulate --lens LENS --input SHARP --out BLURRED.zarr [--photons P --read-noise R --seed S] ...
@@ -14,7 +14,8 @@
 A user error (bad frame, bad argument, a store of another run, a scheduler that does not answer: a
 :class:`~psfsim.errors.PsfsimError`, which :class:`~pipelines.errors.PipelineError` is, or an ``OSError``)
 prints one line ``pipelines: error: ...`` on stderr and exits with status 2; the output store is then never
-marked complete. Ctrl-C / SIGTERM stop the run (exit 130 / 143); the chunks written so far are kept and the
+marked complete. ``deblur``, ``wiener`` and ``rl`` then run the quality control (the re-blur residual map and
+summary in the store, figures in ``OUT.qc/``; :mod:`pipelines.runner`) unless ``--no-qc``. Ctrl-C / SIGTERM stop the run (exit 130 / 143); the chunks written so far are kept and the
 same command resumes.
 """
 
@@ -85,7 +86,8 @@ def _run(args, make_route) -> int:
     res = run(route, frame, args.out, tile=args.tile, origin=origin, scheduler=args.scheduler,
               workers=args.workers, overwrite=args.overwrite, pyramid=args.pyramid,
               progress=not args.no_progress and sys.stderr.isatty(), nan_policy=args.nan,
-              connect_timeout=args.connect_timeout, command=args._command)
+              connect_timeout=args.connect_timeout, command=args._command,
+              qc=not getattr(args, "no_qc", True), qc_lens=getattr(args, "qc_lens", None))
     print(res.summary())
     return 0
 
@@ -163,6 +165,14 @@ def cmd_env(args) -> int:
     return 0
 
 
+def _add_qc_arguments(sp) -> None:
+    sp.add_argument("--no-qc", action="store_true",
+                    help="skip the quality control: the re-blur residual map qc/residual in the store, its summary, "
+                         "and the figures in OUT.qc/ (residual.png; gates.png for a CoordGate checkpoint)")
+    sp.add_argument("--qc-lens", help="lens preset or TOML of the QC's re-blur operator, when the frame was taken "
+                                      "with another lens than the route's (default the route's lens)")
+
+
 def _add_run_arguments(sp, *, lens: bool) -> None:
     if lens:
         sp.add_argument("--lens", required=True, help="lens preset name or TOML file")
@@ -202,17 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "receptive field)")
     sp.add_argument("--batch", type=int, default=4, help="tiles per model call (default %(default)s)")
     sp.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default %(default)s)")
+    _add_qc_arguments(sp)
     sp.set_defaults(func=cmd_deblur)
 
     sp = sub.add_parser("wiener", help="Wiener restoration with the local PSFs of each tile's window")
     _add_run_arguments(sp, lens=True)
     sp.add_argument("--sv", action="store_true", help="spatially-varying Wiener (patch-wise local PSFs)")
     sp.add_argument("--balance", type=float, help="regularisation balance (default: from the noise)")
+    _add_qc_arguments(sp)
     sp.set_defaults(func=cmd_wiener)
 
     sp = sub.add_parser("rl", help="Richardson-Lucy with the lens's spatially-varying operator")
     _add_run_arguments(sp, lens=True)
     sp.add_argument("--iterations", type=int, default=30, help="iterations (default %(default)s)")
+    _add_qc_arguments(sp)
     sp.set_defaults(func=cmd_rl)
 
     sp = sub.add_parser("simulate", help="blur a sharp frame with the lens (and seeded noise), tile by tile")

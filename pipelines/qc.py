@@ -8,7 +8,10 @@ model's gates do over the field.
   leaves more, where it is wrong. The operator's zero boundary misses light from outside the frame, so the
   summary leaves out a border of ``k // 2`` pixels (the map keeps it).
   For frames too large to hold, :func:`residual_block` maps one read region (use it with a halo >= ``k // 2``
-  and keep the inner part) and :class:`ResidualSummary` accumulates the summary chunk by chunk.
+  and keep the inner part) and :class:`ResidualSummary` accumulates the summary chunk by chunk; the runner's
+  QC pass (:mod:`pipelines.runner`) keeps each chunk's partial sums (:func:`chunk_stats`) in the output store so
+  the summary (:func:`merge_chunk_stats`, with the worst chunks) is assembled again on resume without
+  recomputing, and draws a downsampled map (:func:`overview`, :func:`residual_figure`).
 - Gate figure: a CoordGate layer's gates are a function of the field coordinates only (Howard et al.,
   arXiv 2401.04680, Eq. 3), so they are evaluated on a grid of points over the frame's window of the field
   (``psfsim.field_coords_batch``) and drawn, one row per layer, one panel per gate channel.
@@ -24,7 +27,11 @@ import numpy as np
 from .errors import PipelineError
 from .routes.base import check_frame_window, fill_block
 
-__all__ = ["reblur_residual", "residual_block", "ResidualSummary", "gate_figure", "gate_maps"]
+__all__ = ["reblur_residual", "residual_block", "ResidualSummary", "gate_figure", "gate_maps", "chunk_stats",
+           "merge_chunk_stats", "overview", "residual_figure", "has_coordgate", "CHUNK_STATS"]
+
+#: The per-chunk partial sums of a residual summary, in this order (:func:`chunk_stats`).
+CHUNK_STATS = ("sum_abs", "sum_sq", "max", "n", "n_nan", "noise_sigma")
 
 
 def residual_block(lens, estimate, observed, *, origin=(0, 0), workers: int | None = 1) -> np.ndarray:
@@ -89,6 +96,142 @@ class ResidualSummary:
         sigma = float(np.median(self.sigmas)) if self.sigmas else float("nan")
         return {"mean_abs": self.total / self.n, "rms": rms, "max": self.peak, "noise_sigma": sigma,
                 "rms_over_noise": rms / sigma if sigma > 0 else float("inf"), "n_pixels": self.n, "n_nan": self.n_nan}
+
+
+def chunk_stats(residual, observed) -> np.ndarray:
+    """The partial sums of one chunk's residual, ``(6,)`` float64 in the order of :data:`CHUNK_STATS`: sum of
+    ``|r|``, sum of ``r^2``, max, finite pixels, NaN pixels, and the observed chunk's robust noise sigma (NaN
+    when the chunk is under 8 px a side or holds a non-finite pixel). Give both arrays over the pixels the
+    summary counts (the chunk less the frame's border). :func:`merge_chunk_stats` of the chunks of a frame equals
+    :class:`ResidualSummary` fed with the same chunks."""
+    acc = ResidualSummary()
+    r = np.asarray(residual)
+    if r.size:
+        acc.add(r, observed)
+    sigma = acc.sigmas[0] if acc.sigmas else np.nan
+    return np.array([acc.total, acc.total_sq, acc.peak, acc.n, acc.n_nan, sigma], np.float64)
+
+
+def merge_chunk_stats(stats, regions=None, *, worst: int = 5) -> dict:
+    """The summary of a frame from its chunks' :func:`chunk_stats`: :meth:`ResidualSummary.summary` plus
+    ``worst_tiles``, the ``worst`` chunks of largest residual RMS (``chunk``, ``rows``/``cols`` from
+    ``regions``, ``rms``, ``rms_over_noise`` against the frame's noise sigma), worst first.
+
+    Parameters
+    ----------
+    stats : ndarray, (..., 6)
+        One row per chunk, indexed by the chunk's grid index (e.g. ``(gi, gj, 6)``).
+    regions : callable, optional
+        ``regions(index) -> ((r0, r1), (c0, c1))``: a chunk's pixels in the frame, for ``worst_tiles``.
+    """
+    st = np.asarray(stats, np.float64)
+    flat = st.reshape(-1, len(CHUNK_STATS))
+    sig = flat[:, 5]
+    acc = ResidualSummary(total=float(flat[:, 0].sum()), total_sq=float(flat[:, 1].sum()),
+                          peak=float(flat[:, 2].max(initial=0.0)), n=int(flat[:, 3].sum()),
+                          n_nan=int(flat[:, 4].sum()), sigmas=[float(v) for v in sig[np.isfinite(sig)]])
+    s = acc.summary()
+    idx = list(np.ndindex(*st.shape[:-1]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms = np.sqrt(flat[:, 1] / flat[:, 3])
+    order = [k for k in np.argsort(-np.nan_to_num(rms, nan=-1.0), kind="stable") if flat[k, 3] > 0][:worst]
+    tiles = []
+    for k in order:
+        t = {"chunk": [int(v) for v in idx[k]], "rms": float(rms[k]),
+             "rms_over_noise": float(rms[k] / s["noise_sigma"]) if s["noise_sigma"] > 0 else float("inf")}
+        if regions is not None:
+            (r0, r1), (c0, c1) = regions(idx[k])
+            t.update(rows=[int(r0), int(r1)], cols=[int(c0), int(c1)])
+        tiles.append(t)
+    s["worst_tiles"] = tiles
+    return s
+
+
+def _block_nanmean(a: np.ndarray, f: int) -> np.ndarray:
+    h, w = a.shape
+    b = np.pad(np.asarray(a, np.float64), ((0, -h % f), (0, -w % f)), constant_values=np.nan)
+    b = b.reshape(b.shape[0] // f, f, b.shape[1] // f, f)
+    ok = np.isfinite(b)
+    cnt = ok.sum(axis=(1, 3))
+    tot = np.where(ok, b, 0.0).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan).astype(np.float32)
+
+
+def overview(read, shape, *, max_side: int = 1024, block: int = 128) -> tuple[np.ndarray, int]:
+    """A map too large to hold, downsampled by an integer factor for a figure, region by region.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(rows: slice, cols: slice) -> (h, w)`` array of the map (e.g. a Zarr array's ``__getitem__``).
+    shape : (int, int)
+        ``(H, W)`` of the map.
+    max_side : int
+        The longest side of the result, pixels.
+    block : int
+        Output pixels a side per read (each read is ``block * factor`` a side: memory flat in map size).
+
+    Returns
+    -------
+    small : ndarray, (ceil(H / f), ceil(W / f)), float32
+        The NaN-aware mean of each ``f x f`` block (an edge block averages the pixels it has; a block with no
+        finite pixel is NaN).
+    f : int
+        The factor, ``ceil(max(H, W) / max_side)``.
+    """
+    H, W = (int(v) for v in shape)
+    f = max(1, -(-max(H, W) // int(max_side)))
+    out = np.full((-(-H // f), -(-W // f)), np.nan, np.float32)
+    step = int(block) * f
+    for r in range(0, H, step):
+        for c in range(0, W, step):
+            a = np.asarray(read(slice(r, min(H, r + step)), slice(c, min(W, c + step))))
+            m = _block_nanmean(a, f)
+            out[r // f:r // f + m.shape[0], c // f:c // f + m.shape[1]] = m
+    return out, f
+
+
+def residual_figure(small, factor: int, path, *, noise_sigma: float, frame_shape, tile: int | None = None,
+                    worst=(), title: str = "") -> Path:
+    """PNG of a downsampled residual map (:func:`overview`) in units of the noise sigma, with the tile grid and
+    the worst tiles (``merge_chunk_stats(...)["worst_tiles"]``) outlined and numbered. Axes: frame pixels.
+    Written atomically (an existing file is replaced: the caller decides whether it may be)."""
+    from psfsim.figures import _plt, save_atomic_figure
+
+    plt = _plt()
+    H, W = (int(v) for v in frame_shape)
+    unit = noise_sigma if noise_sigma and np.isfinite(noise_sigma) and noise_sigma > 0 else 1.0
+    img = np.asarray(small, np.float64) / unit
+    finite = img[np.isfinite(img)]
+    vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    fig, ax = plt.subplots(figsize=(6.4, 5.4 * min(2.0, max(0.4, H / W))))
+    im = ax.imshow(img, cmap="magma", vmin=0.0, vmax=vmax, extent=(-0.5, W - 0.5, H - 0.5, -0.5),
+                   interpolation="nearest")
+    if tile and max(H, W) // tile <= 64:
+        for v in range(tile, H, tile):
+            ax.axhline(v - 0.5, color="w", lw=0.3, alpha=0.4)
+        for v in range(tile, W, tile):
+            ax.axvline(v - 0.5, color="w", lw=0.3, alpha=0.4)
+    for rank, t in enumerate(worst, 1):
+        if "rows" in t:
+            (r0, r1), (c0, c1) = t["rows"], t["cols"]
+            ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="c", lw=1.0))
+            ax.text(c0 + 0.02 * W, r0 + 0.06 * H, f"{rank}: {t['rms_over_noise']:.2g}", color="c", fontsize=7)
+    ax.set_xlabel("column (px)")
+    ax.set_ylabel("row (px)")
+    what = "noise sigma" if unit != 1.0 else "image units (no noise estimate)"
+    fig.colorbar(im, ax=ax, label=f"|A(x_hat) - y| / {what}" + (f", {factor} x {factor} px means" if factor > 1 else ""))
+    ax.set_title(title, fontsize=8)
+    return save_atomic_figure(fig, path)
+
+
+def has_coordgate(model) -> bool:
+    """Whether an nn.Module holds CoordGate layers (it has gate maps to draw)."""
+    from recon.layers.coordgate import CoordGate
+
+    return any(isinstance(m, CoordGate) for m in model.modules())
 
 
 def reblur_residual(lens, estimate, observed, *, origin=(0, 0), workers: int | None = None) -> tuple[np.ndarray, dict]:

@@ -27,6 +27,24 @@ counted and located first: ``nan_policy="raise"`` refuses the frame naming the c
 ``"fill"`` fills them for the computation (psfsim's rule: nearest finite neighbour, within the tile's read
 region) and writes NaN at exactly those pixels of the output (masked, never spread); either way the count and
 positions go into the run record and the summary.
+
+Quality control (``qc=True``, the default for the ``deblur``, ``wiener`` and ``rl`` routes): once the result is
+complete, a second pass maps the re-blur residual ``|A(x_hat) - y|`` (:mod:`pipelines.qc`) chunk by chunk: each
+task reads its chunk of the result plus a halo of the PSF's half-width ``k // 2`` back from the store, blurs it
+with psfsim's fast operator of that window of the lens field (the route's lens, or ``qc_lens``: the lens the
+frame was really taken with), subtracts the same region of the input and writes the chunk's residual and its
+partial sums. In the output store (a Zarr v3 group inside the OME-Zarr image: NGFF metadata untouched)::
+
+    qc/residual   float32, the result's shape and chunks, NaN fill
+    qc/stats      float64, chunk grid x 6 (:data:`pipelines.qc.CHUNK_STATS`): each chunk's partial sums
+    qc/done       uint8, one flag per chunk (set last, as for the result)
+
+and ``attrs["pipelines"]["qc"]``: ``record`` (lens, fingerprint, origin, border), ``status`` (``running`` /
+``complete``), ``summary`` (rms, rms / noise sigma, mean abs, max, worst tiles; per frame for a stack),
+``figures``. The pass is resumable the same way (only chunks without a flag are computed) and idempotent: a
+complete QC is read back, never recomputed. Figures go beside the store, in ``OUT.qc/`` (a Zarr store holds only
+Zarr nodes): ``residual.png`` (``residual_t{n}.png`` per frame of a stack), a downsampled map in units of the noise
+sigma with the worst tiles outlined, and for a CoordGate checkpoint ``gates.png`` (:func:`pipelines.qc.gate_figure`).
 """
 
 from __future__ import annotations
@@ -46,9 +64,14 @@ import numpy as np
 
 from .errors import PipelineError
 
-__all__ = ["run", "RunResult", "RoutePlugin", "route_key", "input_identity", "peak_rss_mib", "NAN_POLICIES"]
+__all__ = ["run", "RunResult", "RoutePlugin", "route_key", "input_identity", "peak_rss_mib", "NAN_POLICIES",
+           "qc_dir_for", "QC_FORMAT", "QC_ROUTES"]
 
 NAN_POLICIES = ("raise", "fill")
+#: ``attrs["pipelines"]["qc"]["record"]["format"]`` of the QC written here.
+QC_FORMAT = "pipelines-qc/1"
+#: Routes whose result is an estimate of the sharp frame: the ones the re-blur residual checks.
+QC_ROUTES = ("deblur", "wiener", "rl")
 
 #: routes installed in this process, by :func:`route_key` (the threaded scheduler's, or a worker's via its plugin)
 _ROUTES: dict[str, object] = {}
@@ -210,6 +233,7 @@ class RunResult:
     startup_s: float = 0.0
     nan: list = field(default_factory=list)
     complete: bool = True
+    qc: dict | None = None
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -234,7 +258,25 @@ class RunResult:
                 more = " ..." if n["count"] > len(n["where"]) else ""
                 lines.append(f"frame {n['frame']}: {n['count']} non-finite pixel(s) at {where}{more}: filled for the "
                              "computation, NaN in the output at the same pixels")
+        if self.qc:
+            lines += _qc_lines(self.qc)
         return "\n".join(lines)
+
+
+def _qc_lines(qc: dict) -> list[str]:
+    """The QC part of the summary text."""
+    rec, frames = qc["record"], qc["summary"]["frames"]
+    how = (f"computed in {qc['elapsed_s']:.1f} s" if qc.get("chunks_computed")
+           else "read back from the store (already complete)")
+    out = [f"qc: re-blur residual |A(x_hat) - y| with lens {rec['lens']!r} ({how}; a border of {rec['border_px']} px "
+           "left out of the numbers)"]
+    for k, s in enumerate(frames):
+        at = f"  frame {k}: " if len(frames) > 1 else "  "
+        worst = ", ".join(f"{tuple(t['chunk'])} {t['rms_over_noise']:.2f}" for t in s["worst_tiles"][:3])
+        out.append(f"{at}rms {s['rms']:.4g} = {s['rms_over_noise']:.2f} x noise sigma {s['noise_sigma']:.4g}, "
+                   f"mean |r| {s['mean_abs']:.4g}, max {s['max']:.4g}; worst tiles (rms / sigma): {worst}")
+    out.append(f"  map: {qc['map']}; figures: {', '.join(qc['figures']) or 'none'}")
+    return out
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
@@ -332,7 +374,7 @@ def _make_store(out, *, shape, chunks, record, overwrite):
 def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | None = None,
         workers: int | None = None, overwrite: bool = False, pyramid: bool = False, progress: bool = True,
         nan_policy: str = "fill", retries: int = 3, connect_timeout: float = 10.0, threads: int | None = None,
-        group: int | None = None, command: str = "") -> RunResult:
+        group: int | None = None, command: str = "", qc: bool = True, qc_lens=None) -> RunResult:
     """Run ``route`` over every tile of ``frame`` (every frame of a stack) into the output store ``out``.
 
     Parameters
@@ -375,6 +417,13 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
         ``batch``, 1 for routes without one). Each chunk is still written and marked done on its own.
     command : str
         The command line, kept in the completion summary (provenance only, not compared on resume).
+    qc : bool
+        After a ``deblur`` / ``wiener`` / ``rl`` run, map the re-blur residual and write its summary and figures
+        (the module docstring); ignored for ``simulate``. Not part of the run's record: a run without QC is
+        given one by running it again with ``qc=True``.
+    qc_lens : psfsim.Lens or lens name/path, optional
+        The lens of the QC operator (default the route's: the checkpoint's or the classical route's lens). A
+        QC of another lens replaces an existing one only with ``overwrite``.
 
     Returns
     -------
@@ -402,6 +451,7 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
     nan = _nan_reports(frame, nan_policy)
     stack = len(frame.info.shape) == 3
     # frame-wide statistics (normalisation...), once per frame before any tile; the lens field checked there
+    qc_lens = _qc_lens(route, qc, qc_lens, (H, W), origin)
     stats = [_jsonable(route.prepare(frame, n, origin=origin)) for n in range(n_frames)]
     record = {"route": _jsonable(route.identity()), "route_name": route.name, "input": input_identity(frame),
               "tile": tile, "halo": int(route.halo), "align": int(getattr(route, "align", 1)),
@@ -416,6 +466,9 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
         startup = time.perf_counter() - t_start
         store = _make_store(out, shape=shape, chunks=tuple(grid.chunks), record=record, overwrite=overwrite)
         try:
+            if qc_lens is not None:  # refuse a QC of another lens or a figure folder of another run before any work
+                qc_rec, qc_dir = _qc_record(qc_lens, origin), qc_dir_for(out)
+                _qc_check(store, qc_rec, qc_dir, overwrite)
             pending = [tuple(int(v) for v in p) for p in store.pending()]
             by_index = {t.index: t for t in grid.tiles}
             todo: list[tuple[int, object]] = []
@@ -438,6 +491,9 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
                                peak_rss_mib=peak_rss_mib(), worker_peak_rss_mib=worker_rss, scheduler=sched_name,
                                startup_s=startup, nan=nan)
             store.finish(summary={**result.to_dict(), "command": command}, pyramid=pyramid)
+            if qc_lens is not None:
+                result.qc = _qc_pass(client, route, qc_lens, qc_rec, qc_dir, frame, store, origin, stack,
+                                     overwrite=overwrite, progress=progress, retries=retries, threads=threads)
             return result
         finally:
             store.close()
@@ -506,3 +562,238 @@ class _BarCallback:
                     bar.update(len(result[0]))
 
         return _CB()
+
+
+# -- quality control: the re-blur residual, a second pass over the complete result ----------------------------------
+def qc_dir_for(out) -> Path:
+    """The folder of a store's QC figures: ``OUT.qc`` beside ``OUT.zarr`` (``OUT.qc`` beside a store without
+    the ``.zarr`` suffix too)."""
+    p = Path(os.path.abspath(out))
+    return p.with_suffix(".qc") if p.suffix.lower() == ".zarr" else p.with_name(p.name + ".qc")
+
+
+def _qc_lens(route, qc: bool, qc_lens, frame_shape, origin):
+    """The QC operator's lens, or ``None`` when there is no QC (off, a simulate route, a route without a lens);
+    a frame outside its field is refused here, before any store exists."""
+    if not qc or getattr(route, "name", None) not in QC_ROUTES:
+        return None
+    from psfsim.checks import as_lens
+    from psfsim.errors import PsfsimError
+
+    from .routes.base import check_frame_window
+
+    lens = qc_lens if qc_lens is not None else getattr(route, "lens", None)
+    if lens is None:
+        return None
+    try:
+        lens = as_lens(lens) if not isinstance(lens, (str, os.PathLike)) else _load_lens(lens)
+    except PsfsimError as e:
+        raise PipelineError(f"--qc-lens: {e}") from None
+    check_frame_window(lens, frame_shape, origin, what="frame (QC lens)")
+    return lens
+
+
+def _load_lens(name):
+    from psfsim import load_lens
+
+    return load_lens(name)
+
+
+def _qc_record(lens, origin) -> dict:
+    b = int(lens.psf_sampling.size_px) // 2
+    return {"format": QC_FORMAT, "lens": lens.name, "lens_fingerprint": lens.fingerprint,
+            "origin": [int(origin[0]), int(origin[1])], "halo_px": b, "border_px": b, "operator": "psfsim fast"}
+
+
+def _qc_check(store, rec: dict, qc_dir: Path, overwrite: bool) -> None:
+    """Refuse (nothing changed) a store whose QC was made differently, or a figure folder this store's QC did not
+    write, unless ``overwrite``."""
+    from .output import _open_group, record_difference
+
+    old = _open_group(store.path).attrs.get("pipelines", {}).get("qc")
+    if isinstance(old, dict) and not overwrite:
+        why = record_difference(old.get("record"), rec, "qc")
+        if why:
+            raise PipelineError(f"--out {store.path}: its QC was made differently ({why}); nothing was changed (use "
+                                "--overwrite to replace the QC, the result is kept; or --no-qc)")
+    ours = isinstance(old, dict) and old.get("figures_dir") == str(qc_dir)
+    if qc_dir.exists() and not overwrite and not ours and (not qc_dir.is_dir() or any(qc_dir.iterdir())):
+        raise PipelineError(f"{qc_dir}: exists and was not written by the QC of {store.path}; nothing was changed "
+                            "(move it, use --overwrite, or --no-qc)")
+
+
+def _set_qc_meta(path, qc: dict | None) -> None:
+    from .output import _open_group
+
+    g = _open_group(path, mode="r+")
+    meta = dict(g.attrs["pipelines"])
+    if qc is None:
+        meta.pop("qc", None)
+    else:
+        meta["qc"] = _jsonable(qc)
+    g.attrs["pipelines"] = meta
+
+
+def _qc_arrays(store, rec: dict, qc_dir: Path) -> dict:
+    """The QC arrays of a complete store, created (an older QC of another record dropped) unless this record's
+    are there; returns ``attrs["pipelines"]["qc"]``."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from .output import _open_group, record_difference
+    from .qc import CHUNK_STATS
+
+    g = _open_group(store.path, mode="r+")
+    old = g.attrs["pipelines"].get("qc")
+    if (isinstance(old, dict) and old.get("status") in ("running", "complete")
+            and record_difference(old.get("record"), rec, "qc") is None and "qc" in g):
+        return old
+    meta = {"record": rec, "status": "creating", "figures_dir": str(qc_dir)}
+    _set_qc_meta(store.path, meta)
+    import shutil
+
+    shutil.rmtree(store.path / "qc", ignore_errors=True)
+    g = _open_group(store.path, mode="r+")
+    names = tuple(a["name"] for a in store.axes)
+    q = g.create_group("qc")
+    q.create_array("residual", shape=store.shape, chunks=store.chunks, dtype="float32", fill_value=np.float32(np.nan),
+                   compressors=[ZstdCodec(level=0), Crc32cCodec()], dimension_names=names)
+    q.create_array("stats", shape=store.grid + (len(CHUNK_STATS),), chunks=(1,) * len(store.grid) + (len(CHUNK_STATS),),
+                   dtype="float64", fill_value=0.0, dimension_names=names + ("stat",))
+    q.create_array("done", shape=store.grid, chunks=(1,) * len(store.grid), dtype="uint8", fill_value=0,
+                   dimension_names=names)
+    meta["status"] = "running"
+    _set_qc_meta(store.path, meta)
+    return meta
+
+
+def _chunk_box(idx, shape, chunks) -> tuple[tuple[int, int], tuple[int, int]]:
+    i, j = idx[-2:]
+    (H, W), (th, tw) = shape[-2:], chunks[-2:]
+    return (i * th, min(H, (i + 1) * th)), (j * tw, min(W, (j + 1) * tw))
+
+
+def _qc_chunks(lens, frame, path: str, run_id: str, shape, chunks, indices: list, origin, border: int,
+               stack: bool) -> tuple:
+    """One QC task: for each chunk, the result's chunk plus a halo of ``k // 2`` read back from the store, blurred
+    by psfsim's fast operator of that window, minus the input's same region; the chunk's residual, its partial
+    sums (over the chunk less the frame's ``border``), then its flag. Returns as :func:`_compute_chunks`."""
+    import zarr
+
+    from .qc import chunk_stats, residual_block
+
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
+    est, res, st, done = g["0"], g["qc/residual"], g["qc/stats"], g["qc/done"]
+    H, W = shape[-2:]
+    m = int(lens.psf_sampling.size_px) // 2
+    out = []
+    for idx in indices:
+        idx = tuple(int(v) for v in idx)
+        n = idx[0] if stack else 0
+        lead = (n,) if stack else ()
+        (r0, r1), (c0, c1) = _chunk_box(idx, shape, chunks)
+        wr0, wr1, wc0, wc1 = max(0, r0 - m), min(H, r1 + m), max(0, c0 - m), min(W, c1 + m)
+        x = np.asarray(est[lead + (slice(wr0, wr1), slice(wc0, wc1))], np.float32)
+        y = np.asarray(frame.read(n, slice(wr0, wr1), slice(wc0, wc1)), np.float32)
+        r = residual_block(lens, x, y, origin=(origin[0] + wr0, origin[1] + wc0), workers=1)
+        sr0, sr1, sc0, sc1 = max(r0, border), min(r1, H - border), max(c0, border), min(c1, W - border)
+        inner = (slice(sr0 - wr0, max(sr0, sr1) - wr0), slice(sc0 - wc0, max(sc0, sc1) - wc0))
+        vec = chunk_stats(r[inner], y[inner])
+        if g.attrs.get("pipelines", {}).get("run_id") != run_id:
+            raise PipelineError(f"{path}: the store was taken over by another run during its QC; this run stops")
+        core = r[r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
+        res[lead + (slice(r0, r1), slice(c0, c1))] = core  # an integer frame index: a 2-D selection
+        st[idx] = vec
+        done[idx] = 1  # last: residual and sums are on disk
+        out.append(idx)
+    return out, peak_rss_mib(), os.getpid()
+
+
+def _run_tasks(client, fn, arglists: list, *, total: int, initial: int, desc: str, progress: bool, retries: int,
+               threads, key: str) -> None:
+    """Run ``fn(*args)`` for each of ``arglists`` on ``client`` (``None``: the threaded scheduler), with a bar."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=initial, desc=desc, unit="tile", disable=not progress, file=sys.stderr) as bar:
+        if client is None:
+            import dask
+
+            with _BarCallback(bar):
+                dask.compute(*[dask.delayed(fn, pure=False)(*a) for a in arglists], scheduler="threads",
+                             num_workers=threads)
+            return
+        from distributed import as_completed
+
+        futs = [client.submit(fn, *a, retries=retries, pure=False, key=f"{key}-{k}") for k, a in enumerate(arglists)]
+        try:
+            for f in as_completed(futs):
+                bar.update(len(f.result()[0]))
+        except BaseException:
+            client.cancel(futs)
+            raise
+
+
+def _qc_pass(client, route, lens, rec: dict, qc_dir: Path, frame, store, origin, stack: bool, *, overwrite: bool,
+             progress: bool, retries: int, threads) -> dict:
+    """The QC of a complete store (module docstring): pending chunks computed, summary merged from the chunks'
+    partial sums, figures drawn; ``attrs["pipelines"]["qc"]`` written last. Returns it (plus ``chunks_computed``)."""
+    from .output import _open_group
+    from .qc import gate_figure, has_coordgate, merge_chunk_stats, overview, residual_figure
+
+    t0 = time.perf_counter()
+    meta = _qc_arrays(store, rec, qc_dir)
+    g = _open_group(store.path)
+    flags = np.asarray(g["qc/done"][...])
+    todo = [tuple(int(v) for v in i) for i in np.argwhere(flags != 1)]
+    total = int(flags.size)
+    H, W = store.shape[-2:]
+    border = rec["border_px"] if H > 2 * rec["border_px"] and W > 2 * rec["border_px"] else 0
+    if todo:
+        args = [(lens, frame, str(store.path), store.run_id, store.shape, store.chunks, [idx], origin, border, stack)
+                for idx in todo]
+        _run_tasks(client, _qc_chunks, args, total=total, initial=total - len(todo), desc="qc", progress=progress,
+                   retries=retries, threads=threads, key=f"pipelines-qc-{store.run_id}")
+    g = _open_group(store.path)
+    left = int(np.count_nonzero(np.asarray(g["qc/done"][...]) != 1))
+    if left:  # pragma: no cover - every task returned, yet a flag is missing
+        raise PipelineError(f"{store.path}: {left} QC chunk(s) not written; run the same command again")
+    stats = np.asarray(g["qc/stats"][...])
+    per_frame = [stats[n] for n in range(stats.shape[0])] if stack else [stats]
+    regions = lambda ij: _chunk_box(ij, store.shape, store.chunks)  # noqa: E731
+    frames = [merge_chunk_stats(s, regions) for s in per_frame]
+    summary = {"frames": frames}
+    if stack:
+        summary["all"] = merge_chunk_stats(stats.reshape(-1, stats.shape[-1]))
+        summary["all"].pop("worst_tiles")
+    names = [f"residual_t{n}.png" for n in range(len(frames))] if stack else ["residual.png"]
+    gates = None
+    if getattr(route, "name", None) == "deblur" and getattr(route, "sha256", None):
+        from .routes.model import loaded_model
+
+        model, _ = loaded_model(route.path, route.sha256, "cpu")
+        gates = model if has_coordgate(model) else None
+    figures = [str(qc_dir / n) for n in names] + ([str(qc_dir / "gates.png")] if gates is not None else [])
+    if todo or meta.get("status") != "complete" or not all(Path(f).is_file() for f in figures):
+        qc_dir.mkdir(exist_ok=True)
+        res = g["qc/residual"]
+        for n, (name, s) in enumerate(zip(names, frames)):
+            lead = (n,) if stack else ()
+            small, f = overview(lambda rows, cols, lead=lead: res[lead + (rows, cols)], (H, W))
+            at = f", frame {n}" if stack else ""
+            residual_figure(small, f, qc_dir / name, noise_sigma=s["noise_sigma"], frame_shape=(H, W),
+                            tile=store.chunks[-1], worst=s["worst_tiles"],
+                            title=f"{store.path.name}{at}: re-blur residual with lens {rec['lens']!r}, rms = "
+                                  f"{s['rms_over_noise']:.2f} x noise sigma; worst tiles outlined")
+        if gates is not None:
+            gate_figure(gates, route.lens, (H, W), qc_dir / "gates.png", origin=origin, overwrite=True)
+    qc = {"record": rec, "status": "complete", "summary": summary, "figures": figures, "figures_dir": str(qc_dir),
+          "map": f"{store.path}/qc/residual",
+          "elapsed_s": meta.get("elapsed_s", 0.0) if not todo else time.perf_counter() - t0,
+          "completed": meta.get("completed") if not todo and meta.get("completed") else _now()}
+    _set_qc_meta(store.path, qc)
+    return {**qc, "chunks_computed": len(todo)}
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
