@@ -22,7 +22,7 @@ the model is never shipped with a task. Tasks are retried (``retries``) and a ta
 recomputed by the scheduler, so a killed worker costs only its unfinished chunks.
 
 Frame-wide statistics (``route.prepare``: normalisation) are computed once per frame before any tile runs, and
-recorded with the run. A stack ``(N, H, W)`` is processed frame by frame. Non-finite pixels (NaN, inf) are
+recorded with the run. A stack ``(N, H, W)`` is processed window by window (every frame at one tile window, then the next: CoordGate gates are reused). Non-finite pixels (NaN, inf) are
 counted and located first: ``nan_policy="raise"`` refuses the frame naming the count and the first pixels,
 ``"fill"`` fills them for the computation (psfsim's rule: nearest finite neighbour, within the tile's read
 region) and writes NaN at exactly those pixels of the output (masked, never spread); either way the count and
@@ -383,7 +383,7 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
         ``model_route``, ``wiener_route``, ``rl_route`` or ``simulate_route``; its ``halo`` and ``align`` set the
         read regions, its ``identity()`` goes into the run record.
     frame : pipelines.frames.Frame
-        ``(H, W)`` or a stack ``(N, H, W)`` (processed frame by frame); read lazily, region by region.
+        ``(H, W)`` or a stack ``(N, H, W)`` (every frame of it, window by window); read lazily, region by region.
     out : path
         The output Zarr v3 / OME-Zarr store (``OUT.zarr``): created, or resumed when it holds the same run
         (same route identity, input identity, tile, origin, NaN policy); another run's store is refused unless
@@ -455,7 +455,7 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
     stats = [_jsonable(route.prepare(frame, n, origin=origin)) for n in range(n_frames)]
     record = {"route": _jsonable(route.identity()), "route_name": route.name, "input": input_identity(frame),
               "tile": tile, "halo": int(route.halo), "align": int(getattr(route, "align", 1)),
-              "origin": list(origin), "nan_policy": nan_policy, "nan": _jsonable(nan), "stats": stats,
+              "origin": list(origin), "group": group, "nan_policy": nan_policy, "nan": _jsonable(nan), "stats": stats,
               "versions": _versions()}
     shape = (n_frames, H, W) if stack else (H, W)
     key = route_key(route)
@@ -499,17 +499,34 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
             store.close()
 
 
-def _groups(todo: list, group: int) -> dict[int, list[list]]:
-    """The pending tiles of each frame in runs of ``group`` consecutive (row-major) tiles: one task each."""
+def _groups(todo: list, group: int) -> list[tuple[list[int], list]]:
+    """The tasks ``[(frame indices, tiles)]``: each frame's pending tiles in runs of ``group`` consecutive
+    (row-major) tiles, and the frames of a stack that share a run in ONE task (run window by window, every frame
+    at that window): a CoordGate model's per-window gate cache then serves the whole stack."""
     by_frame: dict[int, list] = {}
     for n, t in todo:
         by_frame.setdefault(n, []).append(t)
-    return {n: [ts[i:i + group] for i in range(0, len(ts), group)] for n, ts in sorted(by_frame.items())}
+    tasks: dict[tuple, tuple[list[int], list]] = {}
+    for n in sorted(by_frame):
+        ts = by_frame[n]
+        for i in range(0, len(ts), group):
+            run_ = ts[i:i + group]
+            tasks.setdefault(tuple(t.index for t in run_), ([], run_))[0].append(n)
+    return sorted(tasks.values(), key=lambda r: (r[1][0].index, r[0]))
+
+
+def _compute_window(key: str, frame, store, tiles: list, indices: list[int], origin, stats: list, stack: bool):
+    """One task: the run of ``tiles`` in every frame of ``indices`` (:func:`_compute_chunks` frame after frame)."""
+    done, pid = [], os.getpid()
+    for n in indices:
+        d, _rss, pid = _compute_chunks(key, frame, store, tiles, n, origin, stats[n], stack)
+        done += d
+    return done, peak_rss_mib(), pid
 
 
 def _execute(client, route, key, frame, store, todo, origin, stats, stack, total, *, progress, retries,
              threads, group) -> tuple[float | None, float]:
-    """Run the pending chunks ``todo`` [(frame index, Tile)], frame by frame, on ``client`` (``None``: the
+    """Run the pending chunks ``todo`` [(frame index, Tile)], window by window, on ``client`` (``None``: the
     threaded scheduler). Returns the largest worker peak RSS (MiB) on a distributed cluster (``None`` on the
     threaded scheduler) and the seconds the chunks took."""
     from tqdm.auto import tqdm
@@ -523,30 +540,28 @@ def _execute(client, route, key, frame, store, todo, origin, stats, stack, total
             _ROUTES[key] = route
             t0 = time.perf_counter()
             callback = _BarCallback(bar)
-            for n, groups in tasks_of.items():
-                tasks = [dask.delayed(_compute_chunks, pure=False)(key, frame, store, ts, n, origin, stats[n], stack)
-                         for ts in groups]
-                with callback:
-                    dask.compute(*tasks, scheduler="threads", num_workers=threads)
+            tasks = [dask.delayed(_compute_window, pure=False)(key, frame, store, ts, ns, origin, stats, stack)
+                     for ns, ts in tasks_of]
+            with callback:
+                dask.compute(*tasks, scheduler="threads", num_workers=threads)
             return None, time.perf_counter() - t0
         from distributed import as_completed
 
         client.register_plugin(RoutePlugin(route, key, threads or 1), name=f"pipelines-route-{key}")
         t0 = time.perf_counter()
         peak = 0.0
-        for n, groups in tasks_of.items():
-            futs = [client.submit(_compute_chunks, key, frame, store, ts, n, origin, stats[n], stack,
-                                  retries=retries, pure=False,
-                                  key=f"pipelines-chunks-{key}-{n}-{ts[0].index[0]}-{ts[0].index[1]}")
-                    for ts in groups]
-            try:
-                for f in as_completed(futs):
-                    done, rss, _pid = f.result()
-                    peak = max(peak, rss)
-                    bar.update(len(done))
-            except BaseException:
-                client.cancel(futs)
-                raise
+        futs = [client.submit(_compute_window, key, frame, store, ts, ns, origin, stats, stack,
+                              retries=retries, pure=False, priority=-i,
+                              key=f"pipelines-chunks-{key}-{ns[0]}-{ts[0].index[0]}-{ts[0].index[1]}")
+                for i, (ns, ts) in enumerate(tasks_of)]
+        try:
+            for f in as_completed(futs):
+                done, rss, _pid = f.result()
+                peak = max(peak, rss)
+                bar.update(len(done))
+        except BaseException:
+            client.cancel(futs)
+            raise
         return peak, time.perf_counter() - t0
 
 

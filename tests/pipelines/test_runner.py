@@ -206,3 +206,24 @@ def test_killed_worker_run_completes_byte_identical(lens, sharp, tmp_path):
     assert ref.tobytes() == _read(tmp_path / "out.zarr").tobytes()
     want = psfsim.blur(a, lens, origin=ORIGIN)
     np.testing.assert_allclose(ref, want, atol=1e-5 * float(np.abs(want).max()), rtol=0)
+
+
+def test_stack_runs_window_by_window(lens, sharp, tmp_path):
+    """The frames of a stack are computed at one tile window after another (a CoordGate model's gate cache holds
+    a few windows: frame-by-frame order would recompute every window's gates for every frame). Reference: the
+    sequence of windows the route is called at comes in runs of N identical windows, and every chunk is done."""
+    _, a = sharp
+    stack = np.stack([a, a[::-1, ::-1].copy(), 0.5 * a])
+    np.save(tmp_path / "stack.npy", stack)
+    seen = []
+
+    class Recording(Wrapped):
+        def __call__(self, blocks, origins, stats):
+            seen.append(tuple(origins))
+            return super().__call__(blocks, origins, stats)
+
+    res = run(Recording(_sim(lens)), open_frame(tmp_path / "stack.npy"), tmp_path / "out.zarr", tile=80,
+              origin=ORIGIN, progress=False, threads=1, qc=False)
+    assert res.tiles_computed == 3 * 2 * 3 and len(seen) == 2 * 3 * 3
+    runs = [seen[i:i + 3] for i in range(0, len(seen), 3)]
+    assert all(r[0] == r[1] == r[2] for r in runs) and len({r[0] for r in runs}) == 2 * 3
