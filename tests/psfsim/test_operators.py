@@ -247,20 +247,39 @@ def test_torch_batch_blur_equals_numpy_at_every_origin(microscope_small):
     assert m(torch.zeros(0, 1, 24, 20), torch.zeros(0, 2, dtype=torch.long)).shape == (0, 1, 24, 20)
 
 
-def test_coefficient_maps_chunked_equal_dense(microscope_small, monkeypatch):
-    """Large windows compute the maps per chunk of K from the spline factors: same numbers as the dense path."""
+def test_blocked_operator_equals_the_direct_sum_of_convolutions(microscope_small, monkeypatch):
+    """Large windows: maps per block from the spline factors and overlap-add blocks. Forward equals the direct
+    sum ``sum_k scipy.signal.fftconvolve(w_k x, e_k)`` (cropped 'same') and the dense single-block operator to
+    float64 rounding; the adjoint equals the dense one's; two PSF boxes, blocks of unequal size."""
+    from scipy.signal import fftconvolve
+
     import psfsim.operators.lowrank as lr
 
-    basis = lowrank_basis(microscope_small).with_rank(5)
-    img = np.random.default_rng(10).random((2, 40, 40))
-    dense = basis.operator(shape=(40, 40), origin=(20, 30), dtype=np.float64)
-    assert dense._dense is not None
-    monkeypatch.setattr(lr, "_DENSE_MAPS_BYTES", 0)
-    monkeypatch.setattr(lr, "_FFT_CHUNK_BYTES", 1)  # one eigen-PSF per chunk
-    chunked = basis.operator(shape=(40, 40), origin=(20, 30), dtype=np.float64)
-    assert chunked._dense is None and len(chunked._k_chunks(2)) == 5
-    np.testing.assert_allclose(chunked(img), dense(img), rtol=0, atol=1e-14)
-    np.testing.assert_allclose(chunked.adjoint(img), dense.adjoint(img), rtol=0, atol=1e-14)
+    d = microscope_small.to_dict()
+    d["psf"]["size_px"] = 17  # another box: other block sizes and halo
+    for lens in (microscope_small, psfsim.lens_from_dict(d, check_psf_box=False)):
+        basis = LowRankBasis.build(lens, rank=5, grid=(3, 3))
+        img = np.random.default_rng(10).random((2, 150, 131))
+        dense = basis.operator(shape=(150, 131), origin=(-30, -20), dtype=np.float64,
+                                allow_outside=True)
+        assert dense._dense is not None and dense.n_blocks == 1
+        monkeypatch.setattr(lr, "_DENSE_MAPS_BYTES", 0)
+        monkeypatch.setattr(lr, "MAX_BLOCK_PAD", 1)  # the smallest blocks allowed: transforms of 4 k
+        blocked = basis.operator(shape=(150, 131), origin=(-30, -20), dtype=np.float64,
+                                allow_outside=True)
+        monkeypatch.undo()
+        assert blocked._dense is None and blocked.n_blocks > 1
+        c = basis.eigen_psfs.shape[-1] // 2
+        maps = dense.maps()
+        direct = sum(fftconvolve(img * maps[i], basis.eigen_psfs[i][None], mode="full")[:, c : c + 150, c : c + 131]
+                     for i in range(basis.rank))
+        np.testing.assert_allclose(blocked(img), direct, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(dense(img), direct, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(blocked.adjoint(img), dense.adjoint(img), rtol=0, atol=1e-12)
+        # float32: the same to float32 rounding
+        b32 = lr.LowRankOperator(basis, shape=(150, 131), origin=(-30, -20), dtype=np.float32,
+                                allow_outside=True)
+        np.testing.assert_allclose(b32(img.astype(np.float32)), direct, rtol=0, atol=2e-6 * np.abs(direct).max())
 
 
 def test_kernel_cache_is_bounded_in_bytes(microscope_small):
