@@ -10,9 +10,13 @@ as the physics requires.
 
 Cost per image: ``K`` forward real FFTs and one inverse (the products are accumulated in place in the Fourier
 domain, one eigen-PSF at a time), the eigen-PSFs transformed once per operator; windows larger than
-:data:`MAX_BLOCK_PAD` are split into overlap-add blocks so every transform and temporary is of one block. The rank ``K`` and the grid density are chosen from a target
-relative error (default 1 %): the grid is refined until cubic interpolation reproduces the PSFs midway
-between nodes to ``tol / 2``, then ``K`` is the smallest rank reconstructing every node's PSF to ``tol / 2``.
+:data:`MAX_BLOCK_PAD` are split into overlap-add blocks so every transform and temporary is of one block.
+
+The rank ``K`` and the grid density are chosen from a target relative error (default 1 %): the grid is refined
+until cubic interpolation reproduces the PSFs midway between nodes to ``tol / 2``; then ``K`` is the smallest
+rank at which the *operator* meets ``tol`` on point sources (its hardest input: the response to a point is
+the interpolated rank-K PSF there, against the exact PSF), the worse of a 4 x 4 lattice of points one PSF box
+apart at the frame's corner (strongest aberrations) and one at its centre (sharpest PSF).
 """
 
 from __future__ import annotations
@@ -131,6 +135,10 @@ class LowRankBasis:
         Largest relative L2 error of the spline-interpolated PSF midway between nodes (full rank).
     rank_error : float
         Largest relative L2 error of a node's PSF at rank K.
+    point_error : float
+        Relative L2 error of the operator's response to point sources at rank K (interpolation and rank
+        together), the worse of the corner and centre lattices (:func:`_point_error`); NaN for a basis saved
+        without its probe PSFs.
     """
 
     lens: object
@@ -141,6 +149,7 @@ class LowRankBasis:
     singular_values: np.ndarray
     interp_error: float
     rank_error: float
+    point_error: float = float("nan")
     #: the arguments it was built with: ``{"rank": int | None, "tol": float, "grid": [ny, nx] | None}``
     built_with: dict = field(default_factory=lambda: {"rank": None, "tol": DEFAULT_TOL, "grid": None})
     _full: dict = field(default_factory=dict, repr=False)
@@ -175,9 +184,10 @@ class LowRankBasis:
         ----------
         lens : Lens
         rank : int, optional
-            Number of eigen-PSFs; default: the smallest reaching ``tol / 2`` at every node.
+            Number of eigen-PSFs; default: the smallest at which the operator's error on point sources (worse
+            of corner and centre, :attr:`point_error`) is at most ``tol``.
         tol : float
-            Target relative L2 error of the operator (PSF error budget split between grid and rank).
+            Target relative L2 error of the operator (the grid's interpolation error is held to ``tol / 2``).
         grid : (ny, nx), optional
             Grid nodes over the frame; default: refined until interpolation reaches ``tol / 2``.
         """
@@ -207,13 +217,10 @@ class LowRankBasis:
         ny, nx = len(rows), len(cols)
         A = P.reshape(ny * nx, k * k)
         U, s, Vt = np.linalg.svd(A, full_matrices=False)
+        probes = _probes(lens)
+        point_errs = _point_errors(rows, cols, (U * s).reshape(ny, nx, -1), Vt, probes)
         if rank is None:
-            K = 1
-            while K < len(s):
-                err = _rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max()
-                if err <= tol / 2:
-                    break
-                K += 1
+            K = int(np.argmax(point_errs <= tol)) + 1 if (point_errs <= tol).any() else len(s)
         else:
             K = min(int(rank), len(s))
         rank_err = float(_rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max())
@@ -226,9 +233,10 @@ class LowRankBasis:
             singular_values=s,
             interp_error=float(interp_err),
             rank_error=rank_err,
+            point_error=float(point_errs[K - 1]),
             built_with={"rank": None if rank is None else int(rank), "tol": float(tol),
                         "grid": None if grid is None else [int(g) for g in grid]},
-            _full=dict(U=U, s=s, Vt=Vt),
+            _full=dict(U=U, s=s, Vt=Vt, **probes),
         )
 
     @property
@@ -249,9 +257,19 @@ class LowRankBasis:
             eigen_psfs=Vt[:K].reshape(K, k, k),
             coeffs=(U[:, :K] * s[:K]).reshape(len(self.rows), len(self.cols), K),
             rank_error=float(_rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max()),
+            point_error=self.point_errors()[K - 1] if len(self.point_errors()) else float("nan"),
             built_with={**self.built_with, "rank": K},
             _kft=KernelCache(self._kft.max_bytes),  # kernel transforms belong to one rank
         )
+
+    def point_errors(self) -> np.ndarray:
+        """The operator's relative error on the probe point sources at every rank ``1..G`` (worse of corner and
+        centre): the table the automatic rank is read from (empty for a basis saved without its probes)."""
+        if "probe_rows" not in self._full:
+            return np.zeros(0)
+        U, s, Vt = self._full["U"], self._full["s"], self._full["Vt"]
+        probes = {k: v for k, v in self._full.items() if k.startswith("probe_")}
+        return _point_errors(self.rows, self.cols, (U * s).reshape(len(self.rows), len(self.cols), -1), Vt, probes)
 
     def spline_factors(self, *, origin, shape) -> tuple[np.ndarray, np.ndarray]:
         """The separable factors of a window's coefficient maps: ``Wr (h, ny)`` and ``Wc (w, nx)`` float64,
@@ -300,11 +318,12 @@ class LowRankBasis:
             raise PsfsimError(f"{path}: a basis is saved as .npz")
         meta = {"format": _SAVE_FORMAT, "lens": self.lens.to_dict(), "fingerprint": self.lens.fingerprint,
                 "rank": self.rank, "interp_error": self.interp_error, "rank_error": self.rank_error,
+                "point_error": self.point_error,
                 "built_with": self.built_with, "psfsim_version": __version__}
         with atomic_file(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(meta)), rows=self.rows, cols=self.cols,
-                         U=self._full["U"], s=self._full["s"], Vt=self._full["Vt"])
+                         **{k: v for k, v in self._full.items()})
         return path
 
     @classmethod
@@ -321,6 +340,7 @@ class LowRankBasis:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 arrs = {k: z[k] for k in ("rows", "cols", "U", "s", "Vt")}
+                probes = {k: z[k] for k in _PROBE_KEYS if k in z}
         except (OSError, KeyError, ValueError) as e:
             raise PsfsimError(f"{path}: not a saved psfsim basis ({type(e).__name__}: {e})") from None
         if meta.get("format") != _SAVE_FORMAT:
@@ -343,12 +363,51 @@ class LowRankBasis:
         built = meta.get("built_with") or {"rank": K, "tol": DEFAULT_TOL, "grid": [ny, nx]}
         basis = cls(lens=lens, eigen_psfs=Vt[:K].reshape(K, k, k), coeffs=(U[:, :K] * s[:K]).reshape(ny, nx, K),
                     rows=arrs["rows"], cols=arrs["cols"], singular_values=s, interp_error=float(meta["interp_error"]),
-                    rank_error=float(meta["rank_error"]), built_with=built, _full=dict(U=U, s=s, Vt=Vt))
+                    rank_error=float(meta["rank_error"]), point_error=float(meta.get("point_error", float("nan"))),
+                    built_with=built, _full=dict(U=U, s=s, Vt=Vt, **probes))
         if register:
             from . import cache_basis
 
             basis = cache_basis(basis)
         return basis
+
+
+_PROBE_KEYS = ("probe_rows", "probe_cols", "probe_psfs")
+
+
+def _probes(lens) -> dict:
+    """Point sources of the rank rule: a 4 x 4 lattice one PSF box apart from the frame's corner pixel (0, 0) and
+    one centred on the frame's centre (clipped to the frame), with their exact PSFs.
+
+    Returns ``probe_rows``, ``probe_cols`` ``(2, 16)`` pixel positions and ``probe_psfs`` ``(2, 16, k * k)``."""
+    H, W = lens.field.shape_px
+    k = lens.psf_sampling.size_px
+    steps = k * np.arange(4)
+    rows, cols, psfs = [], [], []
+    for r_start, c_start in ((0, 0), (H // 2 - (3 * k) // 2, W // 2 - (3 * k) // 2)):
+        r = np.clip(r_start + steps, 0, H - 1)
+        c = np.clip(c_start + steps, 0, W - 1)
+        rr, cc = np.meshgrid(r, c, indexing="ij")
+        rows.append(rr.ravel())
+        cols.append(cc.ravel())
+        psfs.append(_psfs_at(lens, r, c).reshape(16, k * k))
+    return {"probe_rows": np.array(rows), "probe_cols": np.array(cols), "probe_psfs": np.array(psfs)}
+
+
+def _point_errors(rows, cols, coeffs, Vt, probes) -> np.ndarray:
+    """Relative L2 error, at every rank ``K = 1..G``, of the operator's response to each probe lattice (the
+    rank-K spline-interpolated PSF at each point: Flicker & Rigaut 2005, eq. 9, applied to an impulse) against
+    the exact PSFs, the 16 points of a lattice pooled; the worse lattice at each rank. ``coeffs (ny, nx, G)``
+    are the full-rank node coefficients, ``Vt (G, k * k)`` the eigen-PSFs."""
+    ra, ca = SplineAxis.build(rows), SplineAxis.build(cols)
+    worst = np.zeros(Vt.shape[0])
+    for r, c, P in zip(probes["probe_rows"], probes["probe_cols"], probes["probe_psfs"]):
+        w = np.einsum("na,abg,nb->ng", ra.weights(r), coeffs, ca.weights(c))  # (16, G) coefficients at the points
+        # ||sum_{g<K} w_g v_g - P||^2 for every K at once: the v_g are orthonormal
+        proj = P @ Vt.T  # (16, G)
+        resid = (P * P).sum() - (2 * w * proj - w * w).cumsum(axis=1).sum(axis=0)
+        worst = np.maximum(worst, np.sqrt(np.maximum(resid, 0)) / np.linalg.norm(P))
+    return worst
 
 
 def _interp_error(lens, rows, cols, P) -> float:
