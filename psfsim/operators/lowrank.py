@@ -15,8 +15,8 @@ domain, one eigen-PSF at a time), the eigen-PSFs transformed once per operator; 
 The rank ``K`` and the grid density are chosen from a target relative error (default 1 %): the grid is refined
 until cubic interpolation reproduces the PSFs midway between nodes to ``tol / 2``; then ``K`` is the smallest
 rank at which the *operator* meets ``tol`` on point sources (its hardest input: the response to a point is
-the interpolated rank-K PSF there, against the exact PSF), the worse of a 4 x 4 lattice of points one PSF box
-apart at the frame's corner (strongest aberrations) and one at its centre (sharpest PSF).
+the interpolated rank-K PSF there, against the exact PSF), the worse of a window of 4 x 4 overlapping points at
+the frame's corner (strongest aberrations) and one at its centre (sharpest PSF).
 """
 
 from __future__ import annotations
@@ -372,41 +372,70 @@ class LowRankBasis:
         return basis
 
 
-_PROBE_KEYS = ("probe_rows", "probe_cols", "probe_psfs")
+_PROBE_KEYS = ("probe_rows", "probe_cols", "probe_psfs", "probe_origins")
+
+
+def probe_layout(k: int) -> tuple[int, np.ndarray]:
+    """``(L, offsets)``: the probe window's side and the 4 point offsets along each axis inside it: points
+    ``s = k // 3`` apart (their responses overlap, as in a star field or a dense specimen), ``L = 4 s``."""
+    s = max(1, k // 3)
+    return 4 * s, s // 2 + s * np.arange(4)
 
 
 def _probes(lens) -> dict:
-    """Point sources of the rank rule: a 4 x 4 lattice one PSF box apart from the frame's corner pixel (0, 0) and
-    one centred on the frame's centre (clipped to the frame), with their exact PSFs.
+    """Point sources of the rank rule: a 4 x 4 lattice of impulses ``k // 3`` apart in an ``L x L`` window at the
+    frame's corner (0, 0) and one centred on the frame, with their exact PSFs.
 
-    Returns ``probe_rows``, ``probe_cols`` ``(2, 16)`` pixel positions and ``probe_psfs`` ``(2, 16, k * k)``."""
+    Returns ``probe_origins (2, 2)`` (each window's top-left pixel), ``probe_rows``, ``probe_cols`` ``(2, 16)``
+    frame pixel positions of the points and ``probe_psfs`` ``(2, 16, k * k)``."""
     H, W = lens.field.shape_px
     k = lens.psf_sampling.size_px
-    steps = k * np.arange(4)
-    rows, cols, psfs = [], [], []
-    for r_start, c_start in ((0, 0), (H // 2 - (3 * k) // 2, W // 2 - (3 * k) // 2)):
-        r = np.clip(r_start + steps, 0, H - 1)
-        c = np.clip(c_start + steps, 0, W - 1)
+    L, offs = probe_layout(k)
+    origins, rows, cols, psfs = [], [], [], []
+    for r0, c0 in ((0, 0), (max(0, H // 2 - L // 2), max(0, W // 2 - L // 2))):
+        r, c = r0 + offs, c0 + offs
         rr, cc = np.meshgrid(r, c, indexing="ij")
+        origins.append((r0, c0))
         rows.append(rr.ravel())
         cols.append(cc.ravel())
         psfs.append(_psfs_at(lens, r, c).reshape(16, k * k))
-    return {"probe_rows": np.array(rows), "probe_cols": np.array(cols), "probe_psfs": np.array(psfs)}
+    return {"probe_origins": np.array(origins), "probe_rows": np.array(rows), "probe_cols": np.array(cols),
+            "probe_psfs": np.array(psfs)}
+
+
+def _place(window: np.ndarray, r: int, c: int, psfs: np.ndarray) -> None:
+    """Add centred ``psfs (..., k, k)`` at window pixel ``(r, c)`` into ``window (..., L, L)``, cropped to it
+    (the operator's zero boundary: light leaving the window is lost)."""
+    k = psfs.shape[-1]
+    h = k // 2
+    L0, L1 = window.shape[-2:]
+    ra, rb, ca, cb = max(0, r - h), min(L0, r - h + k), max(0, c - h), min(L1, c - h + k)
+    window[..., ra:rb, ca:cb] += psfs[..., ra - (r - h) : rb - (r - h), ca - (c - h) : cb - (c - h)]
 
 
 def _point_errors(rows, cols, coeffs, Vt, probes) -> np.ndarray:
-    """Relative L2 error, at every rank ``K = 1..G``, of the operator's response to each probe lattice (the
-    rank-K spline-interpolated PSF at each point: Flicker & Rigaut 2005, eq. 9, applied to an impulse) against
-    the exact PSFs, the 16 points of a lattice pooled; the worse lattice at each rank. ``coeffs (ny, nx, G)``
-    are the full-rank node coefficients, ``Vt (G, k * k)`` the eigen-PSFs."""
+    """Relative L2 error, at every rank ``K = 1..G``, of the operator on each probe image (16 impulses in an
+    ``L x L`` window, :func:`_probes`): the response to an impulse is the rank-K spline-interpolated PSF there
+    (Flicker & Rigaut 2005, eq. 9), the responses overlap and are cropped by the window, as the operator's;
+    against the sum of the exact PSFs. The worse window at each rank. ``coeffs (ny, nx, G)`` are the full-rank
+    node coefficients, ``Vt (G, k * k)`` the eigen-PSFs."""
     ra, ca = SplineAxis.build(rows), SplineAxis.build(cols)
-    worst = np.zeros(Vt.shape[0])
-    for r, c, P in zip(probes["probe_rows"], probes["probe_cols"], probes["probe_psfs"]):
+    G, kk = Vt.shape
+    k = int(round(np.sqrt(kk)))
+    L, _ = probe_layout(k)
+    V = Vt.reshape(G, k, k)
+    worst = np.zeros(G)
+    for origin, r, c, P in zip(probes["probe_origins"], probes["probe_rows"], probes["probe_cols"],
+                               probes["probe_psfs"]):
         w = np.einsum("na,abg,nb->ng", ra.weights(r), coeffs, ca.weights(c))  # (16, G) coefficients at the points
-        # ||sum_{g<K} w_g v_g - P||^2 for every K at once: the v_g are orthonormal
-        proj = P @ Vt.T  # (16, G)
-        resid = (P * P).sum() - (2 * w * proj - w * w).cumsum(axis=1).sum(axis=0)
-        worst = np.maximum(worst, np.sqrt(np.maximum(resid, 0)) / np.linalg.norm(P))
+        exact = np.zeros((L, L))
+        terms = np.zeros((G, L, L))  # terms[g]: eigen-PSF g placed at every point with its coefficient
+        for n in range(len(r)):
+            pr, pc = int(r[n] - origin[0]), int(c[n] - origin[1])
+            _place(exact, pr, pc, P[n].reshape(k, k))
+            _place(terms, pr, pc, w[n][:, None, None] * V)
+        resid = np.cumsum(terms, axis=0) - exact
+        worst = np.maximum(worst, np.sqrt((resid**2).sum(axis=(1, 2))) / np.linalg.norm(exact))
     return worst
 
 
