@@ -8,10 +8,15 @@ field point), ``.`` the pixel-wise product and ``*`` a 2-D linear convolution do
 the weights multiply the *input*, each source pixel is spread with (the rank-K approximation of) its own PSF,
 as the physics requires.
 
-Cost per image: ``K`` forward real FFTs and one inverse (the products are summed in the Fourier domain), the
-eigen-PSFs transformed once per operator. The rank ``K`` and the grid density are chosen from a target
-relative error (default 1 %): the grid is refined until cubic interpolation reproduces the PSFs midway
-between nodes to ``tol / 2``, then ``K`` is the smallest rank reconstructing every node's PSF to ``tol / 2``.
+Cost per image: ``K`` forward real FFTs and one inverse (the products are accumulated in place in the Fourier
+domain, one eigen-PSF at a time), the eigen-PSFs transformed once per operator; windows larger than
+:data:`MAX_BLOCK_PAD` are split into overlap-add blocks so every transform and temporary is of one block.
+
+The rank ``K`` and the grid density are chosen from a target relative error (default 1 %): the grid is refined
+until cubic interpolation reproduces the PSFs midway between nodes to ``tol / 2``; then ``K`` is the smallest
+rank at which the *operator* meets ``tol`` on point sources (its hardest input: the response to a point is
+the interpolated rank-K PSF there, against the exact PSF), the worse of a window of 4 x 4 overlapping points at
+the frame's corner (strongest aberrations) and one at its centre (sharpest PSF).
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ __all__ = ["LowRankBasis", "LowRankOperator", "KernelCache", "spline_weights", "
 #: Default target relative error of the fast operator.
 DEFAULT_TOL = 0.01
 _MAX_NODES = 33
-#: Largest block of coefficient maps computed at once for a large window (K is split into chunks beyond it).
-_FFT_CHUNK_BYTES = 256 * 2**20
-#: Coefficient maps of a window are kept dense up to this size; larger windows compute them per chunk of K.
+#: Largest transform side of the fast operator: larger windows are split into blocks (overlap-add) whose
+#: padded size fits it (a few MB per spectrum: the transforms and products stay in the CPU caches).
+MAX_BLOCK_PAD = 576
+#: Coefficient maps of a window are kept dense up to this size; larger windows compute each block's maps.
 _DENSE_MAPS_BYTES = 64 * 2**20
 #: Bound of the eigen-PSF transform cache of one basis (edge tiles and odd windows have their own shapes).
 KERNEL_CACHE_BYTES = 512 * 2**20
@@ -129,6 +135,10 @@ class LowRankBasis:
         Largest relative L2 error of the spline-interpolated PSF midway between nodes (full rank).
     rank_error : float
         Largest relative L2 error of a node's PSF at rank K.
+    point_error : float
+        Relative L2 error of the operator's response to point sources at rank K (interpolation and rank
+        together), the worse of the corner and centre lattices (:func:`_point_error`); NaN for a basis saved
+        without its probe PSFs.
     """
 
     lens: object
@@ -139,6 +149,7 @@ class LowRankBasis:
     singular_values: np.ndarray
     interp_error: float
     rank_error: float
+    point_error: float = float("nan")
     #: the arguments it was built with: ``{"rank": int | None, "tol": float, "grid": [ny, nx] | None}``
     built_with: dict = field(default_factory=lambda: {"rank": None, "tol": DEFAULT_TOL, "grid": None})
     _full: dict = field(default_factory=dict, repr=False)
@@ -173,9 +184,10 @@ class LowRankBasis:
         ----------
         lens : Lens
         rank : int, optional
-            Number of eigen-PSFs; default: the smallest reaching ``tol / 2`` at every node.
+            Number of eigen-PSFs; default: the smallest at which the operator's error on point sources (worse
+            of corner and centre, :attr:`point_error`) is at most ``tol``.
         tol : float
-            Target relative L2 error of the operator (PSF error budget split between grid and rank).
+            Target relative L2 error of the operator (the grid's interpolation error is held to ``tol / 2``).
         grid : (ny, nx), optional
             Grid nodes over the frame; default: refined until interpolation reaches ``tol / 2``.
         """
@@ -205,13 +217,10 @@ class LowRankBasis:
         ny, nx = len(rows), len(cols)
         A = P.reshape(ny * nx, k * k)
         U, s, Vt = np.linalg.svd(A, full_matrices=False)
+        probes = _probes(lens)
+        point_errs = _point_errors(rows, cols, (U * s).reshape(ny, nx, -1), Vt, probes)
         if rank is None:
-            K = 1
-            while K < len(s):
-                err = _rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max()
-                if err <= tol / 2:
-                    break
-                K += 1
+            K = int(np.argmax(point_errs <= tol)) + 1 if (point_errs <= tol).any() else len(s)
         else:
             K = min(int(rank), len(s))
         rank_err = float(_rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max())
@@ -224,9 +233,10 @@ class LowRankBasis:
             singular_values=s,
             interp_error=float(interp_err),
             rank_error=rank_err,
+            point_error=float(point_errs[K - 1]),
             built_with={"rank": None if rank is None else int(rank), "tol": float(tol),
                         "grid": None if grid is None else [int(g) for g in grid]},
-            _full=dict(U=U, s=s, Vt=Vt),
+            _full=dict(U=U, s=s, Vt=Vt, **probes),
         )
 
     @property
@@ -247,9 +257,19 @@ class LowRankBasis:
             eigen_psfs=Vt[:K].reshape(K, k, k),
             coeffs=(U[:, :K] * s[:K]).reshape(len(self.rows), len(self.cols), K),
             rank_error=float(_rel_err((U[:, :K] * s[:K]) @ Vt[:K], A).max()),
+            point_error=self.point_errors()[K - 1] if len(self.point_errors()) else float("nan"),
             built_with={**self.built_with, "rank": K},
             _kft=KernelCache(self._kft.max_bytes),  # kernel transforms belong to one rank
         )
+
+    def point_errors(self) -> np.ndarray:
+        """The operator's relative error on the probe point sources at every rank ``1..G`` (worse of corner and
+        centre): the table the automatic rank is read from (empty for a basis saved without its probes)."""
+        if "probe_rows" not in self._full:
+            return np.zeros(0)
+        U, s, Vt = self._full["U"], self._full["s"], self._full["Vt"]
+        probes = {k: v for k, v in self._full.items() if k.startswith("probe_")}
+        return _point_errors(self.rows, self.cols, (U * s).reshape(len(self.rows), len(self.cols), -1), Vt, probes)
 
     def spline_factors(self, *, origin, shape) -> tuple[np.ndarray, np.ndarray]:
         """The separable factors of a window's coefficient maps: ``Wr (h, ny)`` and ``Wc (w, nx)`` float64,
@@ -298,11 +318,12 @@ class LowRankBasis:
             raise PsfsimError(f"{path}: a basis is saved as .npz")
         meta = {"format": _SAVE_FORMAT, "lens": self.lens.to_dict(), "fingerprint": self.lens.fingerprint,
                 "rank": self.rank, "interp_error": self.interp_error, "rank_error": self.rank_error,
+                "point_error": self.point_error,
                 "built_with": self.built_with, "psfsim_version": __version__}
         with atomic_file(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(meta)), rows=self.rows, cols=self.cols,
-                         U=self._full["U"], s=self._full["s"], Vt=self._full["Vt"])
+                         **{k: v for k, v in self._full.items()})
         return path
 
     @classmethod
@@ -319,6 +340,7 @@ class LowRankBasis:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 arrs = {k: z[k] for k in ("rows", "cols", "U", "s", "Vt")}
+                probes = {k: z[k] for k in _PROBE_KEYS if k in z}
         except (OSError, KeyError, ValueError) as e:
             raise PsfsimError(f"{path}: not a saved psfsim basis ({type(e).__name__}: {e})") from None
         if meta.get("format") != _SAVE_FORMAT:
@@ -341,12 +363,80 @@ class LowRankBasis:
         built = meta.get("built_with") or {"rank": K, "tol": DEFAULT_TOL, "grid": [ny, nx]}
         basis = cls(lens=lens, eigen_psfs=Vt[:K].reshape(K, k, k), coeffs=(U[:, :K] * s[:K]).reshape(ny, nx, K),
                     rows=arrs["rows"], cols=arrs["cols"], singular_values=s, interp_error=float(meta["interp_error"]),
-                    rank_error=float(meta["rank_error"]), built_with=built, _full=dict(U=U, s=s, Vt=Vt))
+                    rank_error=float(meta["rank_error"]), point_error=float(meta.get("point_error", float("nan"))),
+                    built_with=built, _full=dict(U=U, s=s, Vt=Vt, **probes))
         if register:
             from . import cache_basis
 
             basis = cache_basis(basis)
         return basis
+
+
+_PROBE_KEYS = ("probe_rows", "probe_cols", "probe_psfs", "probe_origins")
+
+
+def probe_layout(k: int) -> tuple[int, np.ndarray]:
+    """``(L, offsets)``: the probe window's side and the 4 point offsets along each axis inside it: points
+    ``s = k // 3`` apart (their responses overlap, as in a star field or a dense specimen), ``L = 4 s``."""
+    s = max(1, k // 3)
+    return 4 * s, s // 2 + s * np.arange(4)
+
+
+def _probes(lens) -> dict:
+    """Point sources of the rank rule: a 4 x 4 lattice of impulses ``k // 3`` apart in an ``L x L`` window at the
+    frame's corner (0, 0) and one centred on the frame, with their exact PSFs.
+
+    Returns ``probe_origins (2, 2)`` (each window's top-left pixel), ``probe_rows``, ``probe_cols`` ``(2, 16)``
+    frame pixel positions of the points and ``probe_psfs`` ``(2, 16, k * k)``."""
+    H, W = lens.field.shape_px
+    k = lens.psf_sampling.size_px
+    L, offs = probe_layout(k)
+    origins, rows, cols, psfs = [], [], [], []
+    for r0, c0 in ((0, 0), (max(0, H // 2 - L // 2), max(0, W // 2 - L // 2))):
+        r, c = r0 + offs, c0 + offs
+        rr, cc = np.meshgrid(r, c, indexing="ij")
+        origins.append((r0, c0))
+        rows.append(rr.ravel())
+        cols.append(cc.ravel())
+        psfs.append(_psfs_at(lens, r, c).reshape(16, k * k))
+    return {"probe_origins": np.array(origins), "probe_rows": np.array(rows), "probe_cols": np.array(cols),
+            "probe_psfs": np.array(psfs)}
+
+
+def _place(window: np.ndarray, r: int, c: int, psfs: np.ndarray) -> None:
+    """Add centred ``psfs (..., k, k)`` at window pixel ``(r, c)`` into ``window (..., L, L)``, cropped to it
+    (the operator's zero boundary: light leaving the window is lost)."""
+    k = psfs.shape[-1]
+    h = k // 2
+    L0, L1 = window.shape[-2:]
+    ra, rb, ca, cb = max(0, r - h), min(L0, r - h + k), max(0, c - h), min(L1, c - h + k)
+    window[..., ra:rb, ca:cb] += psfs[..., ra - (r - h) : rb - (r - h), ca - (c - h) : cb - (c - h)]
+
+
+def _point_errors(rows, cols, coeffs, Vt, probes) -> np.ndarray:
+    """Relative L2 error, at every rank ``K = 1..G``, of the operator on each probe image (16 impulses in an
+    ``L x L`` window, :func:`_probes`): the response to an impulse is the rank-K spline-interpolated PSF there
+    (Flicker & Rigaut 2005, eq. 9), the responses overlap and are cropped by the window, as the operator's;
+    against the sum of the exact PSFs. The worse window at each rank. ``coeffs (ny, nx, G)`` are the full-rank
+    node coefficients, ``Vt (G, k * k)`` the eigen-PSFs."""
+    ra, ca = SplineAxis.build(rows), SplineAxis.build(cols)
+    G, kk = Vt.shape
+    k = int(round(np.sqrt(kk)))
+    L, _ = probe_layout(k)
+    V = Vt.reshape(G, k, k)
+    worst = np.zeros(G)
+    for origin, r, c, P in zip(probes["probe_origins"], probes["probe_rows"], probes["probe_cols"],
+                               probes["probe_psfs"]):
+        w = np.einsum("na,abg,nb->ng", ra.weights(r), coeffs, ca.weights(c))  # (16, G) coefficients at the points
+        exact = np.zeros((L, L))
+        terms = np.zeros((G, L, L))  # terms[g]: eigen-PSF g placed at every point with its coefficient
+        for n in range(len(r)):
+            pr, pc = int(r[n] - origin[0]), int(c[n] - origin[1])
+            _place(exact, pr, pc, P[n].reshape(k, k))
+            _place(terms, pr, pc, w[n][:, None, None] * V)
+        resid = np.cumsum(terms, axis=0) - exact
+        worst = np.maximum(worst, np.sqrt((resid**2).sum(axis=(1, 2))) / np.linalg.norm(exact))
+    return worst
 
 
 def _interp_error(lens, rows, cols, P) -> float:
@@ -361,6 +451,19 @@ def _interp_error(lens, rows, cols, P) -> float:
     truth = _psfs_at(lens, mr, mc)
     interp = np.einsum("ha,abp,wb->hwp", spline_weights(rows, mr), P, spline_weights(cols, mc), optimize=True)
     return float(_rel_err(interp, truth).max())
+
+
+def _block_edges(n: int, k: int, max_pad: int, fast_len) -> tuple[list[int], int]:
+    """Split ``n`` pixels into near-equal blocks whose full linear convolution with a ``k``-pixel kernel,
+    ``block + k - 1``, fits a transform of at most ``max_pad`` (one block if the whole length fits); returns the
+    block edges ``[0, ..., n]`` and the transform length (a fast length)."""
+    whole = fast_len(n + k - 1, True)
+    if whole <= max_pad or n <= 1:
+        return [0, n], whole
+    b = max(1, max_pad - (k - 1))
+    nb = -(-n // b)
+    b = -(-n // nb)
+    return [min(n, i * b) for i in range(nb + 1)], fast_len(b + k - 1, True)
 
 
 class LowRankOperator:
@@ -383,6 +486,15 @@ class LowRankOperator:
         scheduler (Dask) runs several windows at once.
     allow_outside : bool
         Accept a window reaching past the frame (a tile with its halo, a sample with its margin).
+
+    Notes
+    -----
+    A window whose padded size ``H + k - 1`` (or ``W + k - 1``) exceeds :data:`MAX_BLOCK_PAD` is processed in
+    blocks by overlap-add (Oppenheim & Schafer, *Discrete-Time Signal Processing*, 3rd ed., section 8.7.3): the
+    weighted input of each block is convolved in full (``block + k - 1``) and added into the output. The sum is
+    the same linear convolution (equal to float rounding); the transforms stay small enough for the CPU caches
+    (measured: sixteen 576-point transforms are 2-3x faster than one 2160-point one) and every temporary is of
+    one block, so an 8192 x 8192 window with K = 19 needs a few hundred MB besides its input and output.
     """
 
     def __init__(self, basis: LowRankBasis, *, shape, origin=(0, 0), dtype=np.float32, backend=None, workers=None,
@@ -400,7 +512,11 @@ class LowRankOperator:
         self.fft = get_backend(backend, workers)
         k = basis.eigen_psfs.shape[-1]
         self.k = k
-        self.pad_shape = (self.fft.next_fast_len(H + k - 1, True), self.fft.next_fast_len(W + k - 1, True))
+        max_pad = max(MAX_BLOCK_PAD, self.fft.next_fast_len(4 * k, True))
+        self.row_edges, hp = _block_edges(H, k, max_pad, self.fft.next_fast_len)
+        self.col_edges, wp = _block_edges(W, k, max_pad, self.fft.next_fast_len)
+        #: shape of the transforms: the window's padded shape, or a block's where the window is split
+        self.pad_shape = (hp, wp)
         self._dense = None
         if basis.rank * H * W * self.dtype.itemsize <= _DENSE_MAPS_BYTES:
             self._dense = basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype)
@@ -409,10 +525,16 @@ class LowRankOperator:
     def rank(self) -> int:
         return self.basis.rank
 
+    @property
+    def n_blocks(self) -> int:
+        """Number of overlap-add blocks (1 when the window is transformed whole)."""
+        return (len(self.row_edges) - 1) * (len(self.col_edges) - 1)
+
     def __getstate__(self):  # for process pools / Dask: the FFT backend by name, maps recomputed on arrival
         d = dict(self.__dict__)
         d["fft"] = (self.fft.name, self.fft.workers)
         d["_dense"] = None
+        d.pop("_factors", None)
         return d
 
     def __setstate__(self, d):
@@ -424,12 +546,27 @@ class LowRankOperator:
             self._dense = self.basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype)
 
     def maps(self, ks: slice = slice(None)) -> np.ndarray:
-        """Coefficient maps ``(K', H, W)`` of eigen-PSFs ``ks``: kept dense for small windows, computed per
-        chunk from the separable spline factors for large ones (a 2048 x 4096 telescope frame would need
-        ~0.5 GB dense)."""
+        """Coefficient maps ``(K', H, W)`` of eigen-PSFs ``ks`` over the whole window (kept dense for small
+        windows; computed on request for large ones, which :meth:`forward` and :meth:`adjoint` do per block)."""
         if self._dense is not None:
             return self._dense[ks]
         return self.basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype, ks=ks)
+
+    @cached_property
+    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.basis.spline_factors(origin=self.origin, shape=self.shape)
+
+    def _block_maps(self, r0: int, r1: int, c0: int, c1: int):
+        """``kk -> (r1 - r0, c1 - c0)`` coefficient map of eigen-PSF ``kk`` over rows ``r0:r1``, columns ``c0:c1``
+        of the window: a view of the dense maps, or one matrix product of the separable spline factors
+        (``(Wr C_kk) Wc^T`` in the working dtype, into one reused buffer)."""
+        if self._dense is not None:
+            return lambda kk: self._dense[kk, r0:r1, c0:c1]
+        Wr, Wc = self._factors
+        T = np.einsum("ha,abk->khb", Wr[r0:r1], self.basis.coeffs).astype(self.dtype)  # (K, h, nx)
+        WcT = np.ascontiguousarray(Wc[c0:c1].T, dtype=self.dtype)  # (nx, w)
+        buf = np.empty((r1 - r0, c1 - c0), self.dtype)
+        return lambda kk: np.matmul(T[kk], WcT, out=buf)
 
     @property
     def kernel_ft(self) -> np.ndarray:
@@ -442,64 +579,112 @@ class LowRankOperator:
         return self.basis._kft.get(key, lambda: self.fft.rfft2(self.basis.eigen_psfs.astype(self.dtype),
                                                                s=self.pad_shape).astype(self.cdtype, copy=False))
 
-    def _k_chunks(self, batch: int):
-        """Slices of eigen-PSFs whose coefficient maps ``(K', H, W)`` are made at once: one chunk for dense
-        windows, else as many maps as fit in ``_FFT_CHUNK_BYTES`` (``batch`` is unused: kept for callers)."""
-        if self._dense is not None:
-            return [slice(0, self.rank)]
-        H, W = self.shape
-        per = H * W * self.dtype.itemsize
-        step = max(1, int(_FFT_CHUNK_BYTES // max(per, 1)))
-        K = self.rank
-        return [slice(i, min(i + step, K)) for i in range(0, K, step)]
+    def _blocks(self):
+        for r0, r1 in zip(self.row_edges[:-1], self.row_edges[1:]):
+            for c0, c1 in zip(self.col_edges[:-1], self.col_edges[1:]):
+                yield r0, r1, c0, c1
 
     def _as_batch(self, a):
         b, single = as_image_batch(a, self.shape, self.dtype)
         return b.astype(self.dtype, copy=False), single, result_dtype(b)
 
+    @staticmethod
+    def _clip(start: int, length: int, n: int) -> tuple[int, int]:
+        """Offsets ``[a, b)`` of ``length`` samples placed at ``start`` that fall inside ``[0, n)``."""
+        return max(0, -start), min(length, n - start)
+
+    def _blas_limit(self):
+        """One BLAS thread for the block maps' small products (none needed when the maps are dense)."""
+        from contextlib import nullcontext
+
+        from ._blas import single_blas_thread
+
+        return nullcontext() if self._dense is not None else single_blas_thread()
+
     def forward(self, m: np.ndarray) -> np.ndarray:
         """Blur ``m`` of shape ``(H, W)`` or ``(B, H, W)`` -> same shape, dtype by :func:`result_dtype`.
 
-        One eigen-PSF at a time: ``K`` real FFTs of the weighted image, each multiplied by its kernel and
-        accumulated in place in the Fourier domain, then one inverse FFT. Temporaries: two spectra of the batch.
+        Per block and eigen-PSF: the weighted block written into one zero-padded buffer, one real FFT, its
+        product with the kernel's transform accumulated in place; one inverse FFT per block, added into the
+        output (overlap-add). ``K + 1`` transforms per block; temporaries: one buffer and two spectra of a block.
         """
         mb, single, odt = self._as_batch(m)
+        with self._blas_limit():
+            out = self._forward(mb)
+        out = out.astype(odt, copy=False)
+        return out[0] if single else out
+
+    def _forward(self, mb: np.ndarray) -> np.ndarray:
+        B = mb.shape[0]
         H, W = self.shape
-        c = self.k // 2
+        k, c, pad = self.k, self.k // 2, self.pad_shape
         kft = self.kernel_ft
-        acc = None
-        for sl in self._k_chunks(mb.shape[0]):
-            maps = self.maps(sl)
-            for j, k in enumerate(range(sl.start, sl.stop)):
-                F = self.fft.rfft2(mb * maps[j], s=self.pad_shape)  # (B, Hp, Wf)
-                F *= kft[k]
+        out = np.zeros((B, H, W), self.dtype)
+        buf = np.zeros((B, *pad), self.dtype)
+        last = None
+        for r0, r1, c0, c1 in self._blocks():
+            h, w = r1 - r0, c1 - c0
+            if last is not None and (h < last[0] or w < last[1]):
+                buf.fill(0)  # a smaller (last) block: clear what the larger one wrote
+            last = (h, w)
+            region, src, wk = buf[:, :h, :w], mb[:, r0:r1, c0:c1], self._block_maps(r0, r1, c0, c1)
+            acc = None
+            for kk in range(self.rank):
+                np.multiply(src, wk(kk), out=region)
+                F = self.fft.rfft2(buf)
+                F *= kft[kk]
                 if acc is None:
                     acc = F
                 else:
                     acc += F
-        out = self.fft.irfft2(acc, s=self.pad_shape)[:, c : c + H, c : c + W].astype(odt, copy=False)
-        return out[0] if single else out
+            f = self.fft.irfft2(acc, s=pad)  # the block's full convolution: output row r0 - c + q for row q
+            qa, qb = self._clip(r0 - c, h + k - 1, H)
+            pa, pb = self._clip(c0 - c, w + k - 1, W)
+            out[:, r0 - c + qa : r0 - c + qb, c0 - c + pa : c0 - c + pb] += f[:, qa:qb, pa:pb]
+        return out
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
         """Adjoint ``A^T y = sum_k w_k . (e_k correlated with y)``, same shapes and dtype rule as :meth:`forward`.
 
-        One forward FFT of ``y``, then per eigen-PSF one product with the conjugate kernel and one inverse FFT.
+        The correlation is a convolution of the flipped block, flipped back (no conjugated copy of the kernel
+        transforms): per block one forward FFT, then per eigen-PSF one product with the kernel's transform, one
+        inverse FFT and one product with the coefficient map, added into the output (overlap-add).
         """
         yb, single, odt = self._as_batch(y)
-        H, W = self.shape
-        c = self.k // 2
-        Hp, Wp = self.pad_shape
-        ypad = np.zeros((yb.shape[0], Hp, Wp), self.dtype)
-        ypad[:, c : c + H, c : c + W] = yb
-        Y = self.fft.rfft2(ypad)
-        kft = self.kernel_ft
-        out = np.zeros((yb.shape[0], H, W), self.dtype)
-        for sl in self._k_chunks(yb.shape[0]):
-            maps = self.maps(sl)
-            for j, k in enumerate(range(sl.start, sl.stop)):
-                Z = Y * np.conj(kft[k])
-                out += self.fft.irfft2(Z, s=self.pad_shape)[:, :H, :W] * maps[j]
+        with self._blas_limit():
+            out = self._adjoint(yb)
         out = out.astype(odt, copy=False)
         return out[0] if single else out
+
+    def _adjoint(self, yb: np.ndarray) -> np.ndarray:
+        B = yb.shape[0]
+        H, W = self.shape
+        k, c, pad = self.k, self.k // 2, self.pad_shape
+        kft = self.kernel_ft
+        out = np.zeros((B, H, W), self.dtype)
+        buf = np.zeros((B, *pad), self.dtype)
+        Z = None
+        last = None
+        for r0, r1, c0, c1 in self._blocks():
+            h, w = r1 - r0, c1 - c0
+            if last is not None and (h < last[0] or w < last[1]):
+                buf.fill(0)
+            last = (h, w)
+            buf[:, :h, :w] = yb[:, r0:r1, c0:c1][:, ::-1, ::-1]
+            G = self.fft.rfft2(buf)
+            Z = np.empty_like(G) if Z is None else Z
+            # the flipped full convolution, flipped back, is the correlation at rows r0 + c - k + 1 + q
+            j0, i0 = r0 + c - k + 1, c0 + c - k + 1
+            qa, qb = self._clip(j0, h + k - 1, H)
+            pa, pb = self._clip(i0, w + k - 1, W)
+            wk = self._block_maps(j0 + qa, j0 + qb, i0 + pa, i0 + pb)
+            dst = out[:, j0 + qa : j0 + qb, i0 + pa : i0 + pb]
+            tmp = np.empty(dst.shape, self.dtype)
+            for kk in range(self.rank):
+                np.multiply(G, kft[kk], out=Z)
+                g = self.fft.irfft2(Z, s=pad)[:, : h + k - 1, : w + k - 1][:, ::-1, ::-1]
+                np.multiply(g[:, qa:qb, pa:pb], wk(kk), out=tmp)
+                dst += tmp
+        return out
 
     __call__ = forward

@@ -70,7 +70,7 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
     peak = float(y.max())
     scale = peak if np.isfinite(peak) and peak > 0 else 1.0
     y = (y / scale).astype(np.float32)
-    norm = np.maximum(op.adjoint(np.ones_like(y)), eps)
+    inv_norm = 1 / np.maximum(op.adjoint(np.ones_like(y)), eps)
     x = np.full_like(y, max(float(y.mean()), eps))
     change = np.inf
     from tqdm.auto import tqdm
@@ -78,11 +78,19 @@ def richardson_lucy(image: np.ndarray, op, *, iters: int = 30, tol: float | None
     n = 0
     with tqdm(total=int(iters), desc="Richardson-Lucy", unit="it", disable=not progress) as bar:
         for n in range(1, int(iters) + 1):
-            ratio = y / np.maximum(op(x), eps)
-            x_new = np.maximum(x * op.adjoint(ratio) / norm, 0)
-            if tol is not None or n == int(iters):  # the change costs two norms: only when it is used
-                change = float(np.linalg.norm(x_new - x) / max(np.linalg.norm(x), eps))
-            x = x_new
+            # in place on the operator's outputs: one forward, one adjoint and five passes over the image
+            ratio = op(x)
+            np.maximum(ratio, eps, out=ratio)
+            np.divide(y, ratio, out=ratio)
+            upd = op.adjoint(ratio)
+            upd *= inv_norm
+            measure = tol is not None or n == int(iters)  # the change costs two norms: only when it is used
+            if measure:
+                x_old = x.copy()
+            x *= upd
+            np.maximum(x, 0, out=x)
+            if measure:
+                change = float(np.linalg.norm(x - x_old) / max(np.linalg.norm(x_old), eps))
             bar.update(1)
             if tol is not None and change < tol:
                 return RLResult(remask(check_result((x * scale).astype(odt, copy=False), "richardson_lucy"), mask),

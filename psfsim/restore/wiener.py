@@ -15,7 +15,8 @@
 Boundary handling (the image is not periodic, the FFT assumes it is):
 
 ``"reflect"`` (default)
-    Pad by the PSF size on each side by mirror reflection, deconvolve, crop. No wrap-around ringing.
+    Pad by mirror reflection, at least the PSF size on each side (to the next fast transform size, in one
+    pass), deconvolve, crop. No wrap-around ringing.
 ``"taper"``
     Mirror-pad, then blend the padding smoothly into the image mean with a raised-cosine window
     (an edge taper, as MATLAB's ``edgetaper`` aims at) before deconvolving.
@@ -74,20 +75,29 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
     return float(np.median(np.abs(d)) / 0.6745)
 
 
-def _pad(image: np.ndarray, pad: int, boundary: str) -> np.ndarray:
-    if boundary == "periodic" or pad == 0:
+def _edge_window(n: int, before: int, after: int) -> np.ndarray:
+    """``(before + n + after,)``: 1 over the image, raised-cosine ramps down to 0 across each padding."""
+    t = np.ones(before + n + after)
+    if before:
+        t[:before] = raised_cosine_ramp(before)
+    if after:
+        t[-after:] = raised_cosine_ramp(after)[::-1]
+    return t
+
+
+def _pad(image: np.ndarray, rows: tuple[int, int], cols: tuple[int, int], boundary: str) -> np.ndarray:
+    """Mirror-pad ``(B, H, W)`` by ``rows = (top, bottom)`` and ``cols = (left, right)`` in one pass (to the
+    transform's size directly), tapered to the image mean for ``"taper"``."""
+    if boundary == "periodic" or not any(rows + cols):
         return image
-    out = np.pad(image, ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
+    out = np.pad(image, ((0, 0), rows, cols), mode="symmetric")
     if boundary == "taper":
         H, W = image.shape[-2:]
-        t = np.ones(H + 2 * pad)
-        ramp = raised_cosine_ramp(pad)
-        t[:pad], t[-pad:] = ramp, ramp[::-1]
-        u = np.ones(W + 2 * pad)
-        u[:pad], u[-pad:] = ramp, ramp[::-1]
-        win = (t[:, None] * u[None, :]).astype(out.dtype)
+        win = (_edge_window(H, *rows)[:, None] * _edge_window(W, *cols)[None, :]).astype(out.dtype)
         mean = image.mean(axis=(-2, -1), keepdims=True)
-        out = mean + (out - mean) * win
+        out -= mean
+        out *= win
+        out += mean
     return out
 
 
@@ -184,6 +194,21 @@ def _transfer(psf: np.ndarray, shape, fft, reg: str, dtype):
     return _TRANSFER_CACHE.get(key, make)
 
 
+def _filter(psf: np.ndarray, shape, fft, reg: str, dtype, balance: float) -> np.ndarray:
+    """The Wiener filter of a PSF, grid, regulariser and fixed ``balance``, cached as :func:`_transfer` is: a
+    repeated call with the same settings costs two transforms and one product."""
+    import hashlib
+
+    key = ("filter", hashlib.sha1(np.ascontiguousarray(psf).tobytes()).hexdigest(), psf.shape, psf.dtype.str,
+           tuple(shape), fft.name, reg, np.dtype(dtype).str, float(balance))
+
+    def make():
+        Hc, H2, R2 = _transfer(psf, shape, fft, reg, dtype)
+        return Hc / (H2 + (np.float32(balance) if R2 is None else np.float32(balance) * R2))
+
+    return _TRANSFER_CACHE.get(key, make)
+
+
 def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, noise_sigma: float | None = None,
            reg: str = "gradient", boundary: str = "reflect", backend: str | None = None, workers: int | None = None,
            clip: bool = False, nan_policy: str = "raise", normalize_psf: bool = True) -> np.ndarray:
@@ -230,23 +255,23 @@ def wiener(image: np.ndarray, psf: np.ndarray, *, balance: float | None = None, 
     bal = np.array([resolve_balance(im, balance, noise_sigma, reg) for im in img], np.float32)[:, None, None]
     fft = get_backend(backend, workers)
     k = max(psf.shape)
-    pad = 0 if boundary == "periodic" else k
-    big = _pad(img, pad, boundary)
-    shape = big.shape[-2:]
-    if boundary != "periodic":
-        # pad further to a fast FFT size (the extra rows are symmetric padding too)
-        fast = (fft.next_fast_len(shape[0], True), fft.next_fast_len(shape[1], True))
-        extra = (fast[0] - shape[0], fast[1] - shape[1])
-        big = np.pad(big, ((0, 0), (0, extra[0]), (0, extra[1])), mode="symmetric")
-        shape = fast
-    Hc, H2, R2 = _transfer(psf, shape, fft, reg, dtype)
-    # X = Y conj(H) / (|H|^2 + balance |R|^2), in place on the image's transform
-    denom = H2 + (bal if R2 is None else bal * R2)
-    Y = fft.rfft2(big)
-    Y *= Hc
-    Y /= denom
-    out = fft.irfft2(Y, s=shape)
     H, W = img.shape[-2:]
+    pad = 0 if boundary == "periodic" else k
+    if boundary == "periodic":
+        shape = (H, W)
+    else:  # at least k on each side, the rest of the fast size after the image: one padding pass
+        shape = (fft.next_fast_len(H + 2 * k, True), fft.next_fast_len(W + 2 * k, True))
+    big = _pad(img, (pad, shape[0] - H - pad), (pad, shape[1] - W - pad), boundary)
+    Y = fft.rfft2(big)
+    if balance is not None:
+        # one balance for every image: the whole filter conj(H) / (|H|^2 + balance |R|^2) is cached
+        Y *= _filter(psf, shape, fft, reg, dtype, float(bal.flat[0]))
+    else:
+        # X = Y conj(H) / (|H|^2 + balance |R|^2), in place on the image's transform
+        Hc, H2, R2 = _transfer(psf, shape, fft, reg, dtype)
+        Y *= Hc
+        Y /= H2 + (bal if R2 is None else bal * R2)
+    out = fft.irfft2(Y, s=shape)
     out = out[:, pad : pad + H, pad : pad + W].astype(dtype, copy=False)
     if clip:
         out = np.clip(out, 0, 1)
