@@ -52,15 +52,16 @@ def _torch_batch(lens):
             lambda y: m.adjoint(torch.from_numpy(y)[:, None], o(len(y)))[:, 0].numpy())
 
 
-#: name -> (factory lens -> (forward, adjoint), tolerance vs the exact operator: measured 8e-5 forward and
-#: 1.1e-4 adjoint for the fast ones on this window (the basis targets 1 %), so 3e-4).
+#: name -> (factory lens -> (forward, adjoint), tolerance vs the exact operator: the automatic rank's target,
+#: 1 % on point sources (measured 0.58 % on this window's random image at the rank that rule picks; adjointness,
+#: linearity and batching are checked to rounding by the contract itself).
 #: Each operator sees the same window of the same lens, so the exact operator is built once (480 PSFs).
 OPERATORS = {
     "exact": (None, 1e-12),  # the reference itself: the contract only
-    "fast-numpy": (lambda lens: _numpy(make_operator(lens, shape=SHAPE, origin=ORIGIN, dtype=np.float64)), 3e-4),
-    "fast-numpy-1-thread": (lambda lens: _numpy(make_operator(lens, shape=SHAPE, origin=ORIGIN, dtype=np.float64, workers=1)), 3e-4),
-    "fast-torch-window": (_torch_window, 3e-4),
-    "fast-torch-batch": (_torch_batch, 3e-4),
+    "fast-numpy": (lambda lens: _numpy(make_operator(lens, shape=SHAPE, origin=ORIGIN, dtype=np.float64)), 1e-2),
+    "fast-numpy-1-thread": (lambda lens: _numpy(make_operator(lens, shape=SHAPE, origin=ORIGIN, dtype=np.float64, workers=1)), 1e-2),
+    "fast-torch-window": (_torch_window, 1e-2),
+    "fast-torch-batch": (_torch_batch, 1e-2),
 }
 
 

@@ -258,8 +258,9 @@ def test_torch_batch_blur_equals_numpy_at_every_origin(microscope_small):
     got = m(torch.from_numpy(small[:, None].copy()), torch.from_numpy(origins))[:, 0].numpy()
     for b, o in enumerate(origins):
         ref = ExactOperator(microscope_small, shape=(14, 12), origin=tuple(o))(small[b])
-        # measured <= 1.2e-4 at these origins (the basis targets 1 %; its own node error is 0.5 %)
-        assert np.linalg.norm(got[b] - ref) / np.linalg.norm(ref) < 5e-4, (o, b)
+        # the automatic rank targets the operator's 1 % on point sources (measured 0.36 % here at the new rank;
+        # 1.2e-4 under the old per-node rule, which asked for more eigen-PSFs than the target needs)
+        assert np.linalg.norm(got[b] - ref) / np.linalg.norm(ref) < 1e-2, (o, b)
     out32 = m(torch.from_numpy(x).float(), torch.from_numpy(origins))
     assert out32.dtype == torch.float32
     np.testing.assert_allclose(out32.numpy(), out.numpy(), rtol=0, atol=2e-6 * float(x.max()))
