@@ -68,6 +68,101 @@ def test_model_route_tiled_equals_whole_frame(name, checkpoints, pl_lens, blurre
     assert seam_score(out, 32) < 1.2
 
 
+@pytest.fixture(scope="module")
+def more_checkpoints(tmp_path_factory, pl_lens):
+    """PAFU-UNet(2) and MultiWienerNet (PSFs of the lens, U-Net depth 2, Wiener regularisation 1: a long
+    inverse-filter tail, far weaker than the authors' initial 1000), random weights (seeded)."""
+    import torch
+
+    import recon
+    from psfsim.dataset.reader import Normalisation
+
+    folder = tmp_path_factory.mktemp("ckpt2")
+    out = {}
+    for name, cfg in (("pafu_unet", {}), ("multiwienernet", {"lens": pl_lens.to_dict(), "reg_init": 1e-3})):
+        torch.manual_seed(12)
+        model = recon.build_model(name, depth=2, base_channels=4, **cfg)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                    m.weight.mul_(2.5)
+        out[name] = recon.save_checkpoint(tmp_path_factory.mktemp(name) / f"{name}.pt", model, lens=pl_lens,
+                                          normalisation=Normalisation("source_region_max", 8, 0.0, 1.0),
+                                          dataset_identity={"test": "random weights"}, train_args={}, metrics={})
+    return out
+
+
+def _whole_frame(path, pl_lens, y, scale, origin=ORIGIN):
+    import torch
+
+    import recon
+
+    model, _ = recon.load_checkpoint(path)
+    coords = recon.batch_coords(pl_lens, origins=[origin], shape=y.shape) if model.position_aware else None
+    with torch.no_grad():
+        return model(torch.from_numpy(y / scale)[None, None], coords)[0, 0].numpy() * scale
+
+
+def test_pafu_unet_route_tiled_equals_whole_frame(more_checkpoints, pl_lens, blurred_frame):
+    """Reference: the PAFU-UNet called once on the whole frame. Its alignment (2^depth) and halo come from the
+    model's tile_align / tile_halo like every U-Net's."""
+    _, y = blurred_frame
+    route = model_route(more_checkpoints["pafu_unet"], device="cpu", batch=2)
+    assert (route.align, route.halo, route.exact) == (4, 23, True)
+    out, stats, grid = tiled(route, ArrayFrame(y), tile=32)
+    assert any(t.read[1] == SHAPE[0] for t in grid) and len(interior_reads(grid)) >= 4
+    ref = _whole_frame(more_checkpoints["pafu_unet"], pl_lens, y, stats["scale"])
+    assert np.abs(ref).max() > 1e-2 and np.abs(out - ref).max() < 1e-4
+
+
+def test_multiwienernet_route_is_aligned_and_near_exact_with_its_tile_halo(more_checkpoints, pl_lens):
+    """MultiWienerNet keeps its U-Net under ``.unet``: tiles must still be aligned to 2^depth (with align 1 the
+    error was 2.0 on a range of 4.5). Its Wiener layer is global (FFT): tiling is approximate and warned about,
+    naming the share of the filters' response beyond the halo; with the default tile_halo (PSF box + U-Net
+    halo) the measured error is at float32 rounding, and a halo that only covers the U-Net is visibly worse.
+    Reference: the model called once on the whole frame."""
+    origin = (10, 12)  # a larger frame than SHAPE: room for tiles with a 40 px halo that are not the whole frame
+    y = psfsim.blur(scene((150, 206), seed=7), pl_lens, origin=origin)
+    path = more_checkpoints["multiwienernet"]
+    with pytest.warns(UserWarning, match=r"global receptive field.*beyond this halo") as rec:
+        route = model_route(path, device="cpu", batch=2)
+    assert (route.align, route.halo, route.exact) == (4, 17 + 23, False)
+    assert 0 < route.tail_beyond_halo < 1e-4 and str(route.halo) in str(rec[0].message)
+    assert route.identity()["tiling_exact"] is False
+    out, stats, grid = tiled(route, ArrayFrame(y), tile=32, origin=origin)
+    assert any(t.read[1] == y.shape[0] for t in grid) and len(interior_reads(grid)) >= 4
+    ref = _whole_frame(path, pl_lens, y, stats["scale"], origin)
+    err = np.abs(out - ref).max()
+    assert np.abs(ref).max() > 1e-2 and err < 1e-5 * max(1.0, float(np.abs(ref).max()))
+    with pytest.warns(UserWarning, match="global receptive field"):
+        short = model_route(path, device="cpu", halo=24)
+    assert short.tail_beyond_halo > 0.1
+    out24, _, _ = tiled(short, ArrayFrame(y), tile=32, origin=origin)
+    assert np.abs(out24 - ref).max() > 10 * err
+    # unaligned tiles (what the route did before it read tile_align) differ grossly
+    route.align = 1
+    out1, _, _ = tiled(route, ArrayFrame(y), tile=30, origin=origin)
+    assert np.abs(out1 - ref).max() > 100 * err
+
+
+def test_every_2d_model_reports_its_tile_geometry():
+    """One place for every model: tile_align is 2^(pooling levels) (the U-Net's depth, wherever it is kept) and
+    tile_halo the exact reach, except for the global MultiWienerNet (halo None: not exact)."""
+    import recon
+    from recon.models.registry import MODELS
+
+    from pipelines.routes.model import tile_geometry
+
+    for name, spec in MODELS.items():
+        if spec.dims != 2:
+            continue
+        m = recon.build_model(name)
+        unet = getattr(m, "unet", m)
+        align, halo, tile_halo, exact = tile_geometry(m, name)
+        assert align == 2 ** getattr(unet, "depth", 0), name
+        assert exact == (name != "multiwienernet") and (halo == tile_halo if exact else tile_halo > unet.halo), name
+
+
 def test_model_route_wrong_window_and_position(checkpoints, blurred_frame):
     """The CG-UNet's output depends on the field window: the same frame at another origin differs; a frame
     outside the checkpoint's lens field is refused, naming it."""
