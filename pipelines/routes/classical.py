@@ -193,10 +193,10 @@ class WienerRoute:
                 "balance": self.balance, "noise_sigma": self.noise_sigma, "reg": self.reg, "patch": self.patch,
                 "psf": self.psfs if self.sv else "axis", "halo": self.halo, "align": self.align}
 
-    def check_frame(self, frame_shape, origin=(0, 0)):
+    def check_frame(self, frame_shape, origin=None):
         return check_frame_window(self.lens, frame_shape, origin)
 
-    def prepare(self, frame, index: int, *, origin=(0, 0)) -> dict:
+    def prepare(self, frame, index: int, *, origin=None) -> dict:
         """``{"balance", ...}``: one balance for the frame (given, or :func:`frame_balance`); for the global
         filter also the share of its impulse response beyond the halo (warned about above 1e-5)."""
         (r0, c0), _ = self.check_frame(frame.frame_shape, origin)
@@ -261,10 +261,10 @@ class RLRoute:
                 "iterations": self.iterations, "eps": self.eps, "method": self.method, "halo": self.halo,
                 "align": self.align}
 
-    def check_frame(self, frame_shape, origin=(0, 0)):
+    def check_frame(self, frame_shape, origin=None):
         return check_frame_window(self.lens, frame_shape, origin)
 
-    def prepare(self, frame, index: int, *, origin=(0, 0)) -> dict:
+    def prepare(self, frame, index: int, *, origin=None) -> dict:
         """``{"peak"}``: the frame's largest value (negative values clipped to 0, as richardson_lucy does),
         from one chunked pass (:func:`~pipelines.routes.base.frame_scale` with no robust fraction)."""
         from .base import frame_scale

@@ -233,11 +233,11 @@ class ModelRoute:
                 "halo": self.halo, "align": self.align, "tiling_exact": self.exact,
                 "tail_beyond_halo": self.tail_beyond_halo}
 
-    def check_frame(self, frame_shape, origin=(0, 0)):
+    def check_frame(self, frame_shape, origin=None):
         """Refuse a frame that does not lie inside the checkpoint's lens field at ``origin``."""
         return check_frame_window(self.lens, frame_shape, origin, what=f"frame (checkpoint {Path(self.path).name})")
 
-    def prepare(self, frame, index: int, *, origin=(0, 0)) -> dict:
+    def prepare(self, frame, index: int, *, origin=None) -> dict:
         """``{"scale", ...}``: the frame's robust maximum (:func:`~pipelines.routes.base.frame_scale`), the value
         that maps to the normalisation's ``vmax``; plus the frame's origin and index."""
         (r0, c0), _ = self.check_frame(frame.frame_shape, origin)

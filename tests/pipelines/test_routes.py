@@ -178,6 +178,27 @@ def test_model_route_wrong_window_and_position(checkpoints, blurred_frame):
         model_route(checkpoints["cgunet"].parent / "missing.pt")
 
 
+def test_no_origin_means_the_full_field_and_a_sub_window_is_refused(tmp_path, pl_lens, checkpoints, blurred_frame):
+    """Issue 13: the frame is the lens's full field unless an origin places it. Without one, a frame of another
+    shape is refused (both shapes named, --origin suggested) instead of running silently at (0, 0); an
+    explicit (0, 0) is a sub-window at the corner, accepted. Through the runner too: nothing is written."""
+    from pipelines.runner import run
+
+    _, y = blurred_frame
+    frame, full = ArrayFrame(y), ArrayFrame(np.random.default_rng(0).random((160, 224), np.float32))
+    for route in (model_route(checkpoints["unet"], device="cpu"), wiener_route(pl_lens), simulate_route(pl_lens)):
+        with pytest.raises(PipelineError, match=r"shape \(102, 150\) is not the lens field \(160, 224\).*"
+                                                r"--origin ROW,COL \(origins \(0, 0\)..\(58, 74\) fit\)"):
+            route.prepare(frame, 0)
+        assert route.prepare(frame, 0, origin=(0, 0))["origin"] == [0, 0]
+        assert route.prepare(full, 0)["origin"] == [0, 0]
+        assert route.check_frame((160, 224)) == ((0, 0), (160, 224))
+    out = tmp_path / "o.zarr"
+    with pytest.raises(PipelineError, match="no origin was given"):
+        run(simulate_route(pl_lens), frame, out, tile=32, progress=False)
+    assert not out.exists()
+
+
 def test_model_route_gate_cache_reused_per_window_and_bounded(checkpoints, blurred_frame):
     """A stack processed window by window: the gate MLPs run for the first frame only; caches stay bounded."""
     from pipelines.routes.model import clear_models, loaded_model
