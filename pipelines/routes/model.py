@@ -6,7 +6,10 @@
 - Coordinates of each block come from ``recon.batch_coords`` (``psfsim.field_coords_torch``) at the block's
   origin in the lens field.
 - Normalisation as the checkpoint recorded it. Training samples (kind ``source_region_max``) were divided by
-  their own maximum, so ``x_model = vmin + (vmax - vmin) * x / scale``, with ``scale`` ONE statistic of the
+  the SHARP source region's maximum, so the model's inputs (blurred) peaked below 1, typically at the
+  checkpoint's ``input_peak`` (the median over training inputs of their maximum; 1 for an old checkpoint that
+  does not record it, with recon's warning). The frame's robust maximum is mapped to that peak:
+  ``x_model = vmin + (vmax - vmin) * input_peak * x / scale``, with ``scale`` ONE statistic of the
   whole frame computed once in :meth:`ModelRoute.prepare` (:func:`~pipelines.routes.base.frame_scale`: the
   frame's maximum ignoring its brightest 1e-5 of pixels), never per tile (per-tile statistics make seams);
   the output is mapped back by the inverse, so it is in the input's units.
@@ -188,6 +191,7 @@ class ModelRoute:
         model, info = loaded_model(self.path, self.sha256, "cpu")
         self.lens = info.lens
         self.normalisation = info.normalisation
+        self.input_peak = float(getattr(info, "input_peak", 1.0))
         self.model_config = dict(info.model_config)
         if self.normalisation.kind not in NORMALISATIONS:
             raise PipelineError(f"checkpoint {self.path}: normalisation kind {self.normalisation.kind!r} is not one "
@@ -229,7 +233,7 @@ class ModelRoute:
     def identity(self) -> dict:
         return {"route": self.name, "checkpoint": self.path, "checkpoint_sha256": self.sha256,
                 "model_config": self.model_config, "lens": self.lens.name, "lens_fingerprint": self.lens.fingerprint,
-                "normalisation": asdict(self.normalisation), "robust_fraction": self.robust_fraction,
+                "normalisation": asdict(self.normalisation), "input_peak": self.input_peak, "robust_fraction": self.robust_fraction,
                 "halo": self.halo, "align": self.align, "tiling_exact": self.exact,
                 "tail_beyond_halo": self.tail_beyond_halo}
 
@@ -239,7 +243,7 @@ class ModelRoute:
 
     def prepare(self, frame, index: int, *, origin=None) -> dict:
         """``{"scale", ...}``: the frame's robust maximum (:func:`~pipelines.routes.base.frame_scale`), the value
-        that maps to the normalisation's ``vmax``; plus the frame's origin and index."""
+        that maps to the checkpoint's ``input_peak`` (in the normalised range); plus the frame's origin and index."""
         (r0, c0), _ = self.check_frame(frame.frame_shape, origin)
         stats = frame_scale(frame, index, fraction=self.robust_fraction)
         positive_scale(stats, frame, index)
@@ -258,7 +262,8 @@ class ModelRoute:
         model, _ = loaded_model(self.path, self.sha256, device)
         self._bound_gate_caches(model)
         filled, masks = zip(*(fill_block(b) for b in blocks)) if blocks else ((), ())
-        xs = [vmin + (vmax - vmin) * (f / np.float32(scale)) for f in filled]
+        gain = np.float32(self.input_peak / scale)  # the frame's robust max -> the training inputs' typical peak
+        xs = [vmin + (vmax - vmin) * (f * gain) for f in filled]
         out: list[np.ndarray | None] = [None] * len(blocks)
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(xs):
@@ -272,7 +277,8 @@ class ModelRoute:
 
         res = []
         for y, m in zip(out, masks):
-            y = ((y - np.float32(vmin)) * np.float32(scale / (vmax - vmin))).astype(np.float32, copy=False)
+            y = ((y - np.float32(vmin)) * np.float32(scale / (self.input_peak * (vmax - vmin)))).astype(np.float32,
+                                                                                                        copy=False)
             res.append(remask(y, m))
         return res
 

@@ -88,7 +88,8 @@ def more_checkpoints(tmp_path_factory, pl_lens):
                     m.weight.mul_(2.5)
         out[name] = recon.save_checkpoint(tmp_path_factory.mktemp(name) / f"{name}.pt", model, lens=pl_lens,
                                           normalisation=Normalisation("source_region_max", 8, 0.0, 1.0),
-                                          dataset_identity={"test": "random weights"}, train_args={}, metrics={})
+                                          dataset_identity={"test": "random weights"}, train_args={}, metrics={},
+                                          input_peak=1.0)
     return out
 
 
@@ -127,7 +128,8 @@ def test_multiwienernet_route_is_aligned_and_near_exact_with_its_tile_halo(more_
     with pytest.warns(UserWarning, match=r"global receptive field.*beyond this halo") as rec:
         route = model_route(path, device="cpu", batch=2)
     assert (route.align, route.halo, route.exact) == (4, 17 + 23, False)
-    assert 0 < route.tail_beyond_halo < 1e-4 and str(route.halo) in str(rec[0].message)
+    msg = next(str(w.message) for w in rec if "global receptive field" in str(w.message))
+    assert 0 < route.tail_beyond_halo < 1e-4 and f"halo of {route.halo} px" in msg
     assert route.identity()["tiling_exact"] is False
     out, stats, grid = tiled(route, ArrayFrame(y), tile=32, origin=origin)
     assert any(t.read[1] == y.shape[0] for t in grid) and len(interior_reads(grid)) >= 4
@@ -276,6 +278,49 @@ def test_model_route_pickles_small_and_normalises_in_input_units(checkpoints, bl
     np.testing.assert_allclose(b, 1000.0 * a, rtol=1e-4, atol=1e-3)  # output in the input's units
     ident = route.identity()
     assert ident["checkpoint_sha256"] == route.sha256 and len(ident["checkpoint_sha256"]) == 64
+
+
+def test_frame_reaches_the_model_at_the_training_inputs_scale(tmp_path, pl_lens, checkpoints, monkeypatch):
+    """Training divides each sample by its SHARP maximum, so the model's (blurred) inputs peak below 1; the
+    checkpoint records their typical peak (input_peak, the trainer's median of max(input)) and the route maps
+    the frame's robust maximum to it. Reference: psfsim.blur of the frame's sharp scene scaled to max 1 (what
+    training would have fed the model): the frame, given in counts, reaches the model within 3 % of it."""
+    import recon
+    from pipelines.routes import model as model_mod
+
+    rng = np.random.default_rng(4)
+
+    def points(shape, where):  # sharp scene, max 1: a background and point sources of 1
+        a = np.full(shape, 0.1, np.float32)
+        a[tuple(np.asarray(where).T)] = 1.0
+        return a
+
+    peaks = []  # training inputs: 32 x 32 windows of the field, one point source each
+    for _ in range(16):
+        o = (int(rng.integers(0, 160 - 32)), int(rng.integers(0, 224 - 32)))
+        peaks.append(float(psfsim.blur(points((32, 32), [rng.integers(8, 24, 2)]), pl_lens, origin=o).max()))
+    p = float(np.median(peaks))
+    assert p < 0.9  # the blurred peak is well below 1: mapping the frame's max to 1 would be ~1/p too bright
+    model, info = recon.load_checkpoint(checkpoints["unet"])
+    ck = recon.save_checkpoint(tmp_path / "peak.pt", model, lens=pl_lens, normalisation=info.normalisation,
+                               dataset_identity={}, train_args={}, metrics={}, input_peak=p)
+    route = model_route(ck, device="cpu")
+    assert route.input_peak == p and route.identity()["input_peak"] == p
+    grid_pts = [(r, c) for r in range(8, SHAPE[0] - 8, 16) for c in range(8, SHAPE[1] - 8, 16)]
+    y = psfsim.blur(points(SHAPE, grid_pts), pl_lens, origin=ORIGIN)  # sharp max 1: the training scale
+    seen = []
+    real = model_mod.ModelRoute._forward
+
+    def spy(self, model, device, xs, origins):
+        seen.append(np.stack(xs))
+        return real(self, model, device, xs, origins)
+
+    monkeypatch.setattr(model_mod.ModelRoute, "_forward", spy)
+    frame = ArrayFrame(800.0 * y + 0.0)  # in counts
+    route([frame.read(0, slice(None), slice(None))], [ORIGIN], route.prepare(frame, 0, origin=ORIGIN))
+    x = seen[0][0]
+    assert np.abs(x - y).max() < 0.03 * float(y.max())
+    assert abs(float(x.max()) / p - 1) < 1e-5  # the frame's max sits at the recorded peak
 
 
 def test_frame_scale_is_exact_robust_max():
