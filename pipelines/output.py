@@ -279,9 +279,14 @@ class OutputStore:
             ins.append(rin["path"])
         try:
             check_not_input(p, *ins)
-            for i in ins:  # an output folder holding the input would be deleted by --overwrite
-                if Path(os.path.abspath(i)).is_relative_to(p):
+            for i in ins:
+                ip = Path(os.path.abspath(i))
+                if ip.is_relative_to(p) or Path(os.path.realpath(i)).is_relative_to(os.path.realpath(p)):
+                    # an output folder holding the input would be deleted by --overwrite
                     raise PipelineError(f"--out {p}: contains the input {i}; choose another output path")
+                if p.is_relative_to(ip) or Path(os.path.realpath(p)).is_relative_to(os.path.realpath(ip)):
+                    # an output inside the input's folder (a Zarr store) corrupts the input store
+                    raise PipelineError(f"--out {p}: lies inside the input {i}; choose an output path outside it")
             if p.exists() and not p.is_dir():
                 raise PipelineError(f"--out {p}: exists and is not a folder")
             if not p.parent.is_dir():
