@@ -199,6 +199,14 @@ class ModelRoute:
         if not self.normalisation.vmax > self.normalisation.vmin:
             raise PipelineError(f"checkpoint {self.path}: normalisation range [{self.normalisation.vmin}, "
                                 f"{self.normalisation.vmax}] is empty")
+        from recon.models.registry import MODELS
+
+        spec = MODELS.get(self.model_config.get("name"))
+        dims = getattr(spec, "dims", None)
+        if dims != 2:
+            raise PipelineError(f"checkpoint {self.path}: model {self.model_config.get('name')!r} is "
+                                f"{'a ' + str(dims) + '-D' if dims else 'not a known 2-D'} model; the deblur route "
+                                "tiles 2-D frames and needs a 2-D model (unet, cgunet, pafu_unet, multiwienernet, ...)")
         chans = (self.model_config.get("in_channels", 1), self.model_config.get("out_channels", 1))
         if chans != (1, 1):
             raise PipelineError(f"checkpoint {self.path}: model {self.model_config.get('name')!r} has {chans[0]} input "

@@ -453,6 +453,11 @@ def test_model_route_refuses_unknown_normalisation_and_bad_settings(tmp_path, pl
                                dataset_identity={}, train_args={}, metrics={})
     with pytest.raises(PipelineError, match="2 input and 1 output channels"):
         model_route(p2, device="cpu")
+    p3 = recon.save_checkpoint(tmp_path / "cg1d.pt", recon.build_model("cg1d"), lens=pl_lens,
+                               normalisation=Normalisation("source_region_max", 8, 0.0, 1.0), dataset_identity={},
+                               train_args={}, metrics={}, input_peak=1.0)
+    with pytest.raises(PipelineError, match="model 'cg1d' is a 1-D model; the deblur route tiles 2-D frames"):
+        model_route(p3, device="cpu")
     with pytest.raises(PipelineError, match="batch = 0"):
         model_route(checkpoints["unet"], batch=0)
     with pytest.raises(PipelineError, match="device = 'tpu'"):
