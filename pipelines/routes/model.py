@@ -284,7 +284,15 @@ class ModelRoute:
         from psfsim.checks import remask
 
         res = []
-        for y, m in zip(out, masks):
+        for y, m, o in zip(out, masks, origins):
+            bad = ~np.isfinite(y) if m is None else ~np.isfinite(y) & ~m
+            if bad.any():
+                r, c = (int(v) for v in np.argwhere(bad)[0])
+                raise PipelineError(f"checkpoint {Path(self.path).name}: the model's output has {int(bad.sum())} "
+                                    f"non-finite pixels outside the input's NaN mask in the tile read at lens-field "
+                                    f"origin {tuple(o)}, shape {y.shape} (frame index {stats.get('index', '?')}; "
+                                    f"first at tile pixel ({r}, {c})); the frame's values may be far outside the "
+                                    "training range, or the checkpoint is damaged")
             y = ((y - np.float32(vmin)) * np.float32(scale / (self.input_peak * (vmax - vmin)))).astype(np.float32,
                                                                                                         copy=False)
             res.append(remask(y, m))

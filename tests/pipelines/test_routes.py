@@ -436,6 +436,33 @@ def test_nan_pixels_masked_not_spread(pl_lens, blurred_frame):
         assert np.array_equal(np.isnan(out), np.isnan(y))
 
 
+def test_model_nan_output_outside_the_input_mask_is_refused_naming_the_tile(checkpoints, blurred_frame,
+                                                                            monkeypatch):
+    """NaN input pixels come back NaN (masked); a NaN or inf the model makes elsewhere is an error, not data."""
+    from pipelines.routes import model as model_mod
+
+    _, y = blurred_frame
+    y = y.copy()
+    y[5, 6] = np.nan
+    route = model_route(checkpoints["unet"], device="cpu")
+    frame = ArrayFrame(y)
+    out, _, _ = tiled(route, frame, tile=48)
+    assert np.array_equal(np.isnan(out), np.isnan(y))  # the input's mask: fine
+    real = model_mod.ModelRoute._forward
+
+    def broken(self, model, device, xs, origins):
+        ys = real(self, model, device, xs, origins)
+        for yy in ys:
+            yy[3, 4] = np.inf
+        return ys
+
+    monkeypatch.setattr(model_mod.ModelRoute, "_forward", broken)
+    with pytest.raises(PipelineError, match=r"1 non-finite pixels outside the input's NaN mask in the tile read at "
+                                            r"lens-field origin \(37, 50\), shape \(\d+, \d+\) \(frame index 0; "
+                                            r"first at tile pixel \(3, 4\)\)"):
+        tiled(route, frame, tile=48)
+
+
 def test_model_route_refuses_unknown_normalisation_and_bad_settings(tmp_path, pl_lens, checkpoints):
     import torch
 
