@@ -393,6 +393,8 @@ def test_sv_wiener_route_equals_psfsim(psfs, pl_lens, field_frame):
     psf_at = psfsim.lowrank_basis(pl_lens).psfs_at if psfs == "lowrank" else None
     ref = psfsim.sv_wiener(y, pl_lens, origin=(0, 0), patch=16, psf_at=psf_at)
     assert stats["balance_from"] == "whole frame"
+    assert sv.identity()["psf"] == psfs and ("not psfsim.sv_wiener's default" in str(sv.identity()["psf_note"])) \
+        == (psfs == "lowrank")
     assert np.abs(out - ref).max() < 1e-4 * float(np.abs(ref).max())
 
 
