@@ -316,8 +316,8 @@ def wiener_route(lens, *, sv: bool = False, **wiener_options) -> WienerRoute:
 
     With ``sv=True`` the default ``psfs="lowrank"`` is NOT :func:`psfsim.sv_wiener`'s default (exact PSFs): the
     results differ by up to about 1 % of the range (0.8 % measured on a 1024 px astronomy frame; see the module
-    docstring); ``psfs="exact"`` reproduces psfsim's result (tested) at a higher cost (3.5x on the tests' 160 x 224 frame, first call). The record's
-    ``psf`` / ``psf_note`` say which was used.
+    docstring); ``psfs="exact"`` reproduces psfsim's result (tested) at a higher cost (3.5x on the tests'
+    160 x 224 frame, first call). The record's ``psf`` / ``psf_note`` say which was used.
     """
     return WienerRoute(lens, sv=sv, **wiener_options)
 
