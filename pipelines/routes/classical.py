@@ -35,6 +35,7 @@ import numpy as np
 from psfsim.cache import BoundedCache
 
 from ..errors import PipelineError
+from ..tiling import whole_number
 from .base import check_call, check_frame_window, fill_block
 
 __all__ = ["WienerRoute", "RLRoute", "wiener_route", "rl_route", "frame_balance", "wiener_tail", "WIENER_HALO_PSFS"]
@@ -49,12 +50,6 @@ BALANCE_WHOLE_PX = 4096 * 4096
 _BALANCE_WINDOW = 1024
 _BALANCE_GRID = 4
 _TAIL_WARN = 1e-5
-
-
-def _whole(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo:
-        raise PipelineError(f"{name} = {v!r}: expected a whole number >= {lo}")
-    return int(v)
 
 
 def _lens(lens):
@@ -159,20 +154,20 @@ class WienerRoute:
             raise PipelineError(f"noise_sigma = {noise_sigma!r}: expected a number >= 0 in the frame's units")
         self.balance = None if balance is None else float(balance)
         self.noise_sigma = None if noise_sigma is None else float(noise_sigma)
-        self.workers = _whole("workers", workers, 1)
+        self.workers = whole_number("workers", workers, 1)
         if psfs not in ("lowrank", "exact"):
             raise PipelineError(f"psfs = {psfs!r}: expected lowrank or exact")
         self.psfs = psfs
         if self.sv:
-            self.patch = _whole("patch", patch, 8)
+            self.patch = whole_number("patch", patch, 8)
             if self.patch % 2:
                 raise PipelineError(f"patch = {patch!r}: expected an even number >= 8")
             self.align = self.patch // 2
-            self.halo = self.patch + k if halo is None else _whole("halo", halo, 0)
+            self.halo = self.patch + k if halo is None else whole_number("halo", halo, 0)
         else:
             self.patch = None
             self.align = 1
-            self.halo = WIENER_HALO_PSFS * k if halo is None else _whole("halo", halo, 0)
+            self.halo = WIENER_HALO_PSFS * k if halo is None else whole_number("halo", halo, 0)
         self._psf = None
 
     def psf(self) -> np.ndarray:
@@ -251,9 +246,9 @@ class RLRoute:
     def __init__(self, lens, *, iterations: int = 30, halo: int | None = None, eps: float = 1e-6,
                  method: str = "fast", workers: int = 1):
         self.lens = _lens(lens)
-        self.iterations = _whole("iterations", iterations, 1)
+        self.iterations = whole_number("iterations", iterations, 1)
         k = int(self.lens.psf_sampling.size_px)
-        self.halo = self.iterations * (k - 1) if halo is None else _whole("halo", halo, 0)
+        self.halo = self.iterations * (k - 1) if halo is None else whole_number("halo", halo, 0)
         self.exact_halo = self.iterations * (k - 1)
         self.align = 1
         if not (isinstance(eps, (int, float)) and 0 < eps < 1):
@@ -262,7 +257,7 @@ class RLRoute:
         if method not in ("fast", "exact"):
             raise PipelineError(f"method = {method!r}: expected fast or exact")
         self.method = method
-        self.workers = _whole("workers", workers, 1)
+        self.workers = whole_number("workers", workers, 1)
 
     def identity(self) -> dict:
         return {"route": self.name, "lens": self.lens.name, "lens_fingerprint": self.lens.fingerprint,
