@@ -552,16 +552,10 @@ def _write_ngff(g, axes: list, levels: int, name: str) -> None:
 
 
 def _read_done(arr, grid) -> np.ndarray:
-    try:
-        raw = np.asarray(arr[...]).astype(np.int64)
-    except Exception:  # noqa: BLE001 - a damaged flag: read them one by one
-        raw = np.zeros(grid, np.int64)
-        for idx in np.ndindex(*grid):
-            try:
-                raw[idx] = int(np.asarray(arr[idx]))
-            except Exception:  # noqa: BLE001
-                raw[idx] = 0
-    return np.where((raw == 0) | (raw == 1), raw, 0).astype(np.uint8)
+    """Grid-shaped uint8 completion flags (unreadable or invalid ones as 0): :func:`psfsim.integrity.read_flags`."""
+    from psfsim.integrity import read_flags
+
+    return read_flags(arr, grid)[0]
 
 
 def _stored_digest(g, idx) -> str | None:
