@@ -79,7 +79,7 @@ def _run(args, make_route) -> int:
     from .runner import run
 
     frame = _frame(args)
-    origin = _origin(args.origin)
+    origin = None if args.origin is None else _origin(args.origin)
     if args.workers is not None and args.workers < 1:
         raise PsfsimError(f"--workers {args.workers}: expected an integer >= 1")
     route = make_route()
@@ -180,9 +180,9 @@ def _add_run_arguments(sp, *, lens: bool) -> None:
                                                    "or a stack (N, H, W)")
     sp.add_argument("--out", required=True, help="output store, OUT.zarr (Zarr v3 + OME-Zarr metadata)")
     sp.add_argument("--tile", type=int, default=1024, help="output chunk side, pixels (default %(default)s)")
-    sp.add_argument("--origin", default="0,0",
-                    help="ROW,COL of the frame's top-left pixel in the lens field (default 0,0: the frame is "
-                         "the full field)")
+    sp.add_argument("--origin", default=None,
+                    help="ROW,COL of the frame's top-left pixel in the lens field (default: the frame is the "
+                         "full field, and a frame of another shape is refused)")
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT")
     g.add_argument("--workers", type=int, help="start a local cluster of N worker processes on 127.0.0.1")

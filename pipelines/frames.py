@@ -162,10 +162,10 @@ def _kind_of(p: Path) -> str:
 
 def _probe_npy(p: Path):
     from psfsim.errors import PsfsimError
-    from psfsim.io import _npy_header
+    from psfsim.io import npy_header
 
     try:
-        h = _npy_header(p)
+        h = npy_header(p)
     except PsfsimError as e:
         raise PipelineError(f"--input {e}") from None
     return tuple(h.shape), h.dtype, {}
@@ -190,35 +190,35 @@ def _probe_tiff(p: Path):
 
 def _fits_choose(hdul, p: Path, hdu) -> int:
     from psfsim.errors import PsfsimError
-    from psfsim.io import _fits_hdu_index, _is_image_hdu
+    from psfsim.io import fits_hdu_index, is_image_hdu
 
     if hdu is None:
         for i, h in enumerate(hdul):
-            if _is_image_hdu(h) and h.header.get("NAXIS", 0) in (2, 3):
+            if is_image_hdu(h) and h.header.get("NAXIS", 0) in (2, 3):
                 return i
         desc = ", ".join(f"{i} {h.name or '?'} ({h.header.get('NAXIS', 0)}-D)" for i, h in enumerate(hdul))
         raise _bad(p, f"no 2-D or 3-D image HDU (HDUs: {desc}); choose one with --hdu")
     try:
-        return _fits_hdu_index(hdul, p, hdu)
+        return fits_hdu_index(hdul, p, hdu)
     except PsfsimError as e:
         raise PipelineError(str(e)) from None
 
 
 def _probe_fits(p: Path, hdu):
-    from psfsim.io import _fits_open, _fits_shape_dtype
+    from psfsim.io import fits_open, fits_shape_dtype
 
-    with _fits_open(p) as hdul:
+    with fits_open(p) as hdul:
         i = _fits_choose(hdul, p, hdu)
         h = hdul[i]
         header = h.header
         if h.__class__.__name__ == "CompImageHDU":
             shape = tuple(h.shape)
-            from psfsim.io import _BITPIX
+            from psfsim.io import FITS_BITPIX
 
-            dtype = np.dtype(_BITPIX.get(int(header["BITPIX"]), np.float64))
+            dtype = np.dtype(FITS_BITPIX.get(int(header["BITPIX"]), np.float64))
             scaled = "BSCALE" in header or "BZERO" in header
         else:
-            shape, dtype = _fits_shape_dtype(header)
+            shape, dtype = fits_shape_dtype(header)
             scaled = float(header.get("BSCALE", 1)) != 1 or float(header.get("BZERO", 0)) != 0
         # astropy memory-maps an HDU only without BSCALE / BZERO / BLANK; with them it reads sections by seeks
         # and applies the scaling (BLANK pixels become NaN), as its full read does

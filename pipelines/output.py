@@ -279,9 +279,14 @@ class OutputStore:
             ins.append(rin["path"])
         try:
             check_not_input(p, *ins)
-            for i in ins:  # an output folder holding the input would be deleted by --overwrite
-                if Path(os.path.abspath(i)).is_relative_to(p):
+            for i in ins:
+                ip = Path(os.path.abspath(i))
+                if ip.is_relative_to(p) or Path(os.path.realpath(i)).is_relative_to(os.path.realpath(p)):
+                    # an output folder holding the input would be deleted by --overwrite
                     raise PipelineError(f"--out {p}: contains the input {i}; choose another output path")
+                if p.is_relative_to(ip) or Path(os.path.realpath(p)).is_relative_to(os.path.realpath(ip)):
+                    # an output inside the input's folder (a Zarr store) corrupts the input store
+                    raise PipelineError(f"--out {p}: lies inside the input {i}; choose an output path outside it")
             if p.exists() and not p.is_dir():
                 raise PipelineError(f"--out {p}: exists and is not a folder")
             if not p.parent.is_dir():
@@ -547,16 +552,10 @@ def _write_ngff(g, axes: list, levels: int, name: str) -> None:
 
 
 def _read_done(arr, grid) -> np.ndarray:
-    try:
-        raw = np.asarray(arr[...]).astype(np.int64)
-    except Exception:  # noqa: BLE001 - a damaged flag: read them one by one
-        raw = np.zeros(grid, np.int64)
-        for idx in np.ndindex(*grid):
-            try:
-                raw[idx] = int(np.asarray(arr[idx]))
-            except Exception:  # noqa: BLE001
-                raw[idx] = 0
-    return np.where((raw == 0) | (raw == 1), raw, 0).astype(np.uint8)
+    """Grid-shaped uint8 completion flags (unreadable or invalid ones as 0): :func:`psfsim.integrity.read_flags`."""
+    from psfsim.integrity import read_flags
+
+    return read_flags(arr, grid)[0]
 
 
 def _stored_digest(g, idx) -> str | None:

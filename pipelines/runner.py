@@ -280,13 +280,13 @@ def _qc_lines(qc: dict) -> list[str]:
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
-def _check_args(tile, origin, workers, scheduler, nan_policy, retries) -> tuple[int, tuple[int, int]]:
+def _check_args(tile, origin, workers, scheduler, nan_policy, retries) -> tuple[int, tuple[int, int] | None]:
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
         raise PipelineError(f"--tile {tile!r}: expected an integer >= 16 (pixels)")
-    try:
-        if len(origin) != 2 or any(int(v) != v or v < 0 for v in origin):
+    try:  # None (not given): the route checks that the frame is the full lens field
+        if origin is not None and (len(origin) != 2 or any(int(v) != v or v < 0 for v in origin)):
             raise ValueError
-        origin = (int(origin[0]), int(origin[1]))
+        origin = None if origin is None else (int(origin[0]), int(origin[1]))
     except (TypeError, ValueError):
         raise PipelineError(f"--origin {origin!r}: expected two integers >= 0 (ROW,COL of the frame in the lens "
                             "field)") from None
@@ -371,7 +371,7 @@ def _make_store(out, *, shape, chunks, record, overwrite):
                               overwrite=overwrite, resume=True)
 
 
-def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | None = None,
+def run(route, frame, out, *, tile: int = 1024, origin=None, scheduler: str | None = None,
         workers: int | None = None, overwrite: bool = False, pyramid: bool = False, progress: bool = True,
         nan_policy: str = "fill", retries: int = 3, connect_timeout: float = 10.0, threads: int | None = None,
         group: int | None = None, command: str = "", qc: bool = True, qc_lens=None) -> RunResult:
@@ -390,9 +390,10 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
         ``overwrite``.
     tile : int
         Output chunk side, pixels (>= 16; the frame must be at least one tile on each side).
-    origin : (int, int)
-        Pixel ``(row, col)`` of the frame's top-left corner in the lens field (the frame is the full field:
-        ``(0, 0)``).
+    origin : (int, int), optional
+        Pixel ``(row, col)`` of the frame's top-left corner in the lens field. None (not given): the frame is
+        the lens's full field, and a frame of another shape is refused (``(0, 0)`` given explicitly places a
+        sub-window at the field's corner).
     scheduler : str, optional
         ``tcp://HOST:PORT`` of an existing ``dask.distributed`` scheduler.
     workers : int, optional
@@ -445,7 +446,9 @@ def run(route, frame, out, *, tile: int = 1024, origin=(0, 0), scheduler: str | 
         raise PipelineError(f"--input {frame.info.path}: frame of {H} x {W} px is smaller than one tile "
                             f"({tile} px); use --tile <= {min(H, W)}")
     if callable(getattr(route, "check_frame", None)):  # the cheap refusal first: a frame outside the lens field
-        route.check_frame((H, W), origin)
+        origin, _ = route.check_frame((H, W), origin)  # None: the frame must be the full field; resolved here
+    elif origin is None:
+        origin = (0, 0)
     grid = TileGrid((H, W), tile=tile, halo=int(route.halo), align=int(getattr(route, "align", 1)))
     group = int(group or getattr(route, "batch", 1) or 1)
     nan = _nan_reports(frame, nan_policy)

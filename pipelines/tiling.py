@@ -26,10 +26,11 @@ import numpy as np
 
 from .errors import PipelineError
 
-__all__ = ["Tile", "TileGrid", "seam_score", "axis_reads", "stack_order"]
+__all__ = ["Tile", "TileGrid", "seam_score", "axis_reads", "stack_order", "whole_number"]
 
 
-def _whole(name: str, v, lo: int) -> int:
+def whole_number(name: str, v, lo: int) -> int:
+    """``v`` as an int when it is a whole number >= ``lo`` (not a bool); otherwise PipelineError naming ``name``."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo:
         raise PipelineError(f"{name} = {v!r}: expected a whole number >= {lo}")
     return int(v)
@@ -164,9 +165,9 @@ class TileGrid:
             raise PipelineError(f"frame_shape = {frame_shape!r}: expected (H, W)") from None
         if H < 1 or W < 1:
             raise PipelineError(f"frame of shape {(H, W)}: expected at least 1 x 1 pixels")
-        self.tile = _whole("tile", tile, 1)
-        self.halo = _whole("halo", halo, 0)
-        self.align = _whole("align", align, 1)
+        self.tile = whole_number("tile", tile, 1)
+        self.halo = whole_number("halo", halo, 0)
+        self.align = whole_number("align", align, 1)
         if H < self.tile or W < self.tile:
             raise PipelineError(f"frame of shape {(H, W)} is smaller than one tile of {self.tile} x {self.tile}: "
                                 f"use a tile of at most {min(H, W)} (--tile {min(H, W)}), or deblur it whole")
@@ -234,8 +235,8 @@ def seam_score(image, tile: int, *, band: int = 4) -> float:
     a = np.asarray(image, np.float64)
     if a.ndim != 2:
         raise PipelineError(f"image of shape {a.shape}: expected (H, W)")
-    tile = _whole("tile", tile, 1)
-    band = _whole("band", band, 1)
+    tile = whole_number("tile", tile, 1)
+    band = whole_number("band", band, 1)
     across = beside = 0.0
     n_across = n_beside = 0
     for axis in (0, 1):

@@ -38,7 +38,7 @@ import numpy as np
 
 from .errors import PsfsimError
 
-__all__ = ["WriterLock", "lock_path", "lock_holder", "describe_holder", "pid_alive", "digest_arrays",
+__all__ = ["WriterLock", "lock_path", "lock_holder", "describe_holder", "pid_alive", "digest_arrays", "read_flags",
            "verify_blocks", "clean_stale_temporaries", "Terminated", "StopRequest", "terminate_as_exception", "die_with_parent",
            "parent_alive", "new_run_id"]
 
@@ -251,6 +251,29 @@ def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 # -- digests and verification ------------------------------------------------------------------------------------
+def read_flags(arr, shape) -> tuple[np.ndarray, np.ndarray]:
+    """``(flags, damaged)`` of a completion-flag array (a zarr array or anything indexable) of ``shape``: the 0 / 1
+    flags as uint8, an unreadable flag or one that is neither 0 nor 1 read as 0, and the bool mask of those.
+
+    The whole array is read at once; when that fails (a damaged chunk: a zstd error, a truncated file) the flags
+    are read one by one, so one damaged flag costs only itself. Shared by psfsim's dataset stores (one flag per
+    block) and pipelines' outputs (one flag per output chunk).
+    """
+    shape = tuple(int(n) for n in shape)
+    ok = np.ones(shape, bool)
+    try:
+        raw = np.asarray(arr[...]).astype(np.int64).reshape(shape)
+    except Exception:  # noqa: BLE001 - a damaged flag: read them one by one
+        raw = np.zeros(shape, np.int64)
+        for idx in np.ndindex(*shape):
+            try:
+                raw[idx] = int(np.asarray(arr[idx]))
+            except Exception:  # noqa: BLE001
+                ok[idx] = False
+    ok &= (raw == 0) | (raw == 1)
+    return np.where(ok, raw, 0).astype(np.uint8), ~ok
+
+
 def digest_arrays(arrays: Iterable[np.ndarray]) -> str:
     """SHA-256 (hex) of a block: each array's dtype, shape and C-order bytes, in order. Measured: ~1 GB/s."""
     h = hashlib.sha256()

@@ -23,7 +23,8 @@ from .errors import PsfsimError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_BYTES", "ImageHeader", "LoadedImage", "image_header", "load_image",
            "read_image", "write_array", "write_array_to", "write_image", "sidecar_path", "luminance",
-           "max_image_bytes"]
+           "max_image_bytes", "npy_header", "FITS_BITPIX", "is_image_hdu", "fits_hdu_index", "fits_shape_dtype",
+           "fits_open"]
 
 IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".fits", ".fit", ".fts")
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
@@ -98,7 +99,8 @@ class ImageHeader:
         return n * self.dtype.itemsize + n2 * work_dtype(self.dtype).itemsize
 
 
-def _npy_header(p: Path) -> ImageHeader:
+def npy_header(p: Path) -> ImageHeader:
+    """Shape and dtype of a ``.npy`` file from its header alone (format 1.0 or 2.0), no data read."""
     fmt = np.lib.format
     with open(p, "rb") as f:
         version = fmt.read_magic(f)
@@ -128,23 +130,25 @@ def _png_header(p: Path) -> ImageHeader:
     return ImageHeader(p, tuple(props.shape), np.dtype(props.dtype))
 
 
-_BITPIX = {8: np.uint8, 16: np.int16, 32: np.int32, 64: np.int64, -32: np.float32, -64: np.float64}
+#: FITS ``BITPIX`` -> the stored numpy dtype (before BSCALE / BZERO scaling).
+FITS_BITPIX = {8: np.uint8, 16: np.int16, 32: np.int32, 64: np.int64, -32: np.float32, -64: np.float64}
 
 
-def _is_image_hdu(h) -> bool:
+def is_image_hdu(h) -> bool:
+    """True for a primary, image or compressed-image HDU (astropy)."""
     from astropy.io import fits
 
     return isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
 
 
-def _fits_hdu_index(hdul, p: Path, hdu: str | int | None) -> int:
+def fits_hdu_index(hdul, p: Path, hdu: str | int | None) -> int:
     """Index of the HDU ``hdu`` (a name or an index), or of the first 2-D image HDU."""
     def describe():
         return ", ".join(f"{i} {h.name or '?'} ({h.header.get('NAXIS', 0)}-D)" for i, h in enumerate(hdul))
 
     if hdu is None:
         for i, h in enumerate(hdul):
-            if _is_image_hdu(h) and h.header.get("NAXIS", 0) == 2:
+            if is_image_hdu(h) and h.header.get("NAXIS", 0) == 2:
                 return i
         raise PsfsimError(f"{p}: no 2-D image HDU (HDUs: {describe()}); choose one with --hdu")
     text = str(hdu).strip()
@@ -157,36 +161,39 @@ def _fits_hdu_index(hdul, p: Path, hdu: str | int | None) -> int:
         if text.upper() not in names:
             raise PsfsimError(f"--hdu {hdu}: no HDU of that name in {p} (HDUs: {describe()})")
         i = names.index(text.upper())
-    if not _is_image_hdu(hdul[i]) or hdul[i].header.get("NAXIS", 0) == 0:
+    if not is_image_hdu(hdul[i]) or hdul[i].header.get("NAXIS", 0) == 0:
         raise PsfsimError(f"--hdu {hdu}: HDU {i} of {p} holds no image (HDUs: {describe()})")
     return i
 
 
-def _fits_shape_dtype(header) -> tuple[tuple, np.dtype]:
+def fits_shape_dtype(header) -> tuple[tuple, np.dtype]:
+    """``(shape, dtype)`` of an image HDU from its header: numpy axis order, and the dtype astropy returns (a
+    float type when BSCALE / BZERO scale the stored integers, other than the unsigned-integer convention)."""
     naxis = int(header.get("NAXIS", 0))
     shape = tuple(int(header[f"NAXIS{k}"]) for k in range(naxis, 0, -1))
     bitpix = int(header["BITPIX"])
-    dtype = np.dtype(_BITPIX.get(bitpix, np.float64))
+    dtype = np.dtype(FITS_BITPIX.get(bitpix, np.float64))
     if float(header.get("BSCALE", 1)) != 1 or float(header.get("BZERO", 0)) not in (0.0, 2.0 ** (abs(bitpix) - 1)):
         dtype = np.dtype(np.float32 if abs(bitpix) <= 16 else np.float64)  # what astropy scales to
     return shape, dtype
 
 
-def _fits_open(p: Path):
+def fits_open(p: Path):
+    """``astropy.io.fits.open`` memory-mapped with lazily loaded HDUs (use as a context manager)."""
     from astropy.io import fits
 
     return fits.open(p, memmap=True, lazy_load_hdus=True)
 
 
 def _fits_header(p: Path, hdu) -> ImageHeader:
-    with _fits_open(p) as hdul:
-        i = _fits_hdu_index(hdul, p, hdu)
+    with fits_open(p) as hdul:
+        i = fits_hdu_index(hdul, p, hdu)
         h = hdul[i]
         header = h.header
         if h.__class__.__name__ == "CompImageHDU":
-            shape, dtype = tuple(h.shape), np.dtype(_BITPIX.get(int(header["BITPIX"]), np.float64))
+            shape, dtype = tuple(h.shape), np.dtype(FITS_BITPIX.get(int(header["BITPIX"]), np.float64))
         else:
-            shape, dtype = _fits_shape_dtype(header)
+            shape, dtype = fits_shape_dtype(header)
         return ImageHeader(p, shape, dtype, hdu=i, hdu_name=h.name or None)
 
 
@@ -211,7 +218,7 @@ def image_header(path: str | os.PathLike, *, hdu: str | int | None = None) -> Im
         raise PsfsimError(f"--hdu {hdu}: {p} is not a FITS file")
     try:
         if suf == ".npy":
-            return _npy_header(p)
+            return npy_header(p)
         if suf in (".tif", ".tiff"):
             return _tiff_header(p)
         if suf == ".png":

@@ -11,7 +11,10 @@ None, tensors), so that ``torch.load(path, weights_only=True)`` (the only way re
 ``lens``               the lens description (``Lens.to_dict()``, the TOML as a table): coordinates of any
                        window can be recomputed (``psfsim.field_coords(info.lens, origin=..., shape=...)``)
 ``normalisation``      the data's normalisation (``kind``, ``margin_px``, ``vmin``, ``vmax``), to apply the same
-                       to a raw frame
+                       to a raw frame; optionally ``input_peak``: the typical peak of the model's (normalised)
+                       input in training, the median over training inputs of their maximum (the blurred image's
+                       peak when the sharp source region's maximum is 1): a frame's robust maximum maps to it.
+                       Checkpoints written before it was recorded load with a warning and ``input_peak = 1``
 ``dataset``            the training data's identity (store: path, creation time, spec SHA-256, ...)
 ``train_args``         the resolved training arguments
 ``metrics``            metrics at save time
@@ -71,7 +74,7 @@ def _plain(v, where: str):
 
 
 def save_checkpoint(path, model: torch.nn.Module, *, lens, normalisation, dataset_identity: dict, train_args: dict,
-                    metrics: dict, extra: dict | None = None) -> pathlib.Path:
+                    metrics: dict, extra: dict | None = None, input_peak: float | None = None) -> pathlib.Path:
     """Write ``model`` and its provenance to ``path`` atomically (temporary file + rename).
 
     Parameters
@@ -83,6 +86,9 @@ def save_checkpoint(path, model: torch.nn.Module, *, lens, normalisation, datase
         The lens the model was trained for (or its description).
     normalisation : psfsim.dataset.reader.Normalisation or dict
     dataset_identity, train_args, metrics, extra : dict of plain values
+    input_peak : float, optional
+        Typical peak of the model's normalised input in training (> 0, dimensionless; recorded by the trainer),
+        stored as ``normalisation["input_peak"]``. Not given: not recorded (loads with a warning, as 1).
     """
     from psfsim import __version__
     from psfsim.store import atomic_file
@@ -92,6 +98,11 @@ def save_checkpoint(path, model: torch.nn.Module, *, lens, normalisation, datase
         raise ReconError(f"model {type(model).__name__}: no model_config; build it with recon.build_model(name, ...)")
     lens_d = lens.to_dict() if hasattr(lens, "to_dict") else lens
     norm = asdict(normalisation) if is_dataclass(normalisation) else normalisation
+    if input_peak is not None:
+        if isinstance(input_peak, bool) or not (isinstance(input_peak, (int, float, np.floating))
+                                                and np.isfinite(input_peak) and input_peak > 0):
+            raise ReconError(f"input_peak = {input_peak!r}: expected a finite number > 0")
+        norm = {**dict(norm), "input_peak": float(input_peak)}
     ckpt = {"format": FORMAT, "version": __version__, "model_config": _plain(dict(config), "model_config"),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "lens": _plain(lens_d, "lens"), "normalisation": _plain(norm, "normalisation"),
@@ -126,6 +137,9 @@ class CheckpointInfo:
     version : str
         Package version that wrote it.
     format : str
+    input_peak : float
+        Typical peak of the model's normalised input in training (``normalisation["input_peak"]``); 1 with a
+        warning for a checkpoint that does not record it.
     """
 
     path: str
@@ -138,6 +152,7 @@ class CheckpointInfo:
     version: str
     format: str = FORMAT
     extra: dict = field(default_factory=dict, repr=False)
+    input_peak: float = 1.0
 
 
 def read_checkpoint(path) -> dict:
@@ -193,10 +208,23 @@ def _info(p, ckpt: dict) -> CheckpointInfo:
         norm = Normalisation(kind=str(n["kind"]), margin_px=int(n["margin_px"]), vmin=float(n["vmin"]), vmax=float(n["vmax"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ReconError(f"checkpoint {p}: normalisation {n!r} lacks {e} (expected kind, margin_px, vmin, vmax)") from None
+    peak = n.get("input_peak")
+    if peak is None:
+        warnings.warn(f"checkpoint {p}: no input_peak recorded (written before recon recorded the typical peak of "
+                      "the model's input in training): taken as 1, so a frame's robust maximum maps to 1, which may "
+                      "not be the scale the model was trained at; retrain to record it", UserWarning, stacklevel=3)
+        peak = 1.0
+    try:
+        peak = float(peak)
+        if not (np.isfinite(peak) and peak > 0):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ReconError(f"checkpoint {p}: normalisation input_peak = {n.get('input_peak')!r}: expected a finite "
+                         "number > 0") from None
     return CheckpointInfo(path=str(p), model_config=dict(ckpt["model_config"]), lens=lens, normalisation=norm,
                           dataset=dict(ckpt["dataset"]), train_args=dict(ckpt["train_args"]),
                           metrics=dict(ckpt["metrics"]), version=str(ckpt["version"]), format=str(ckpt["format"]),
-                          extra=dict(ckpt["extra"]))
+                          extra=dict(ckpt["extra"]), input_peak=peak)
 
 
 def load_checkpoint(path, *, device="cpu") -> tuple[torch.nn.Module, CheckpointInfo]:

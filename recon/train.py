@@ -394,10 +394,11 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
         batches, n_steps = data.epoch(e)
         bar = tqdm(batches, total=n_steps, desc=f"epoch {e + 1}/{cfg.epochs}", disable=not progress, leave=False,
                    unit="batch", dynamic_ncols=True)
-        tot, n_seen = 0.0, 0
+        tot, n_seen, peaks = 0.0, 0, []
         for i, batch in enumerate(bar):
             batch = batch.to(device, non_blocking=True)
             batch.x = batch.x.contiguous(memory_format=layout)
+            peaks.append(batch.x[:, 0].detach().amax(dim=(-2, -1)).float())  # each input's peak (blurred channel)
             try:
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     pred = model(batch.x, batch.coords)
@@ -429,6 +430,9 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
         if n_seen == 0:
             raise ReconError(f"epoch {e + 1}: no training batch (batch {cfg.batch} larger than the training split?)")
         train_loss = tot / n_seen
+        # the typical peak of the model's input in training (sharp source region max = 1): pipelines maps a
+        # frame's robust maximum to it, so a frame reaches the model at the training inputs' scale
+        input_peak = float(torch.cat(peaks).median().cpu())
         t_train = time.perf_counter() - t0
 
         model.eval()
@@ -461,7 +465,7 @@ def train(config: TrainConfig, *, progress: bool = True, log=print) -> TrainResu
                "seconds": time.perf_counter() - t0}
         history.append(row)
         ck = {"lens": data.lens, "normalisation": data.normalisation, "dataset_identity": data.identity,
-              "train_args": train_args}
+              "train_args": train_args, "input_peak": input_peak if input_peak > 0 else None}
         metrics = {**row, "best_epoch": best_epoch, "best_val_loss": best_val}
         if improved:
             save_checkpoint(best_pt, model, metrics=metrics, **ck)

@@ -4,7 +4,8 @@ lens field, frame-wide statistics computed once, NaN handling of a block.
 A route turns read regions of one frame into results of the same shapes, in the input's units::
 
     route = pipelines.routes.model_route("model.pt")          # or wiener_route / rl_route / simulate_route
-    stats = route.prepare(frame, index, origin=(r, c))        # ONCE per frame, before tiling (JSON-able)
+    stats = route.prepare(frame, index, origin=(r, c))        # ONCE per frame, before tiling (JSON-able);
+                                                              # origin=None: the frame is the full lens field
     grid = TileGrid(frame.frame_shape, tile=1024, halo=route.halo, align=route.align)
     for t in grid:                                            # the runner: one task per chunk
         block = frame.read(index, t.rows, t.cols)
@@ -55,9 +56,10 @@ class Route(Protocol):
         changes the result (JSON-able)."""
         ...
 
-    def prepare(self, frame, index: int, *, origin=(0, 0)) -> dict:
+    def prepare(self, frame, index: int, *, origin=None) -> dict:
         """Frame-wide statistics (normalisation, balance, ...), computed once before tiling; JSON-able.
-        ``origin`` is the frame's top-left pixel in the lens field (checked: the frame must lie inside it)."""
+        ``origin`` is the frame's top-left pixel in the lens field (checked: the frame must lie inside it);
+        None: the frame is the full field (checked). ``stats["origin"]`` is the resolved origin."""
         ...
 
     def __call__(self, blocks: list[np.ndarray], origins: list[tuple[int, int]], stats: dict) -> list[np.ndarray]:
@@ -65,22 +67,35 @@ class Route(Protocol):
         ...
 
 
-def check_frame_window(lens, frame_shape, origin, *, what: str = "frame") -> tuple[tuple[int, int], tuple[int, int]]:
+def check_frame_window(lens, frame_shape, origin=None, *,
+                       what: str = "frame") -> tuple[tuple[int, int], tuple[int, int]]:
     """The frame at ``origin`` must lie inside the lens field: return ``(origin, shape)`` as int pairs.
+
+    ``origin=None`` (not given) means the frame is the lens's full field (issue 13): its shape must then equal
+    ``lens.field.shape_px`` and the origin is ``(0, 0)``. An explicit origin, ``(0, 0)`` included, places a
+    frame that is a sub-window of the field.
 
     Raises
     ------
     PipelineError
-        Naming the frame's shape and origin, the lens field and the origins that would fit.
+        No origin and a frame whose shape is not the field's (naming both shapes and suggesting ``--origin``);
+        a frame that does not lie inside the field at ``origin`` (naming its shape and origin, the lens field
+        and the origins that would fit).
     """
+    H, W = (int(v) for v in frame_shape)
+    FH, FW = (int(v) for v in lens.field.shape_px)
+    if origin is None:
+        if H <= FH and W <= FW and (H, W) != (FH, FW):
+            raise PipelineError(f"{what} of shape {(H, W)} is not the lens field {(FH, FW)} of lens {lens.name!r}, "
+                                f"and no origin was given: place the sub-window with --origin ROW,COL (origins "
+                                f"(0, 0)..({FH - H}, {FW - W}) fit)")
+        origin = (0, 0)  # the full field; a larger frame is refused below as lying outside it
     try:
         r0, c0 = (int(v) for v in origin)
         if (r0, c0) != tuple(origin):
             raise ValueError
     except (TypeError, ValueError):
         raise PipelineError(f"origin = {origin!r}: expected two whole numbers (row, col) in the lens field") from None
-    H, W = (int(v) for v in frame_shape)
-    FH, FW = (int(v) for v in lens.field.shape_px)
     if r0 < 0 or c0 < 0 or r0 + H > FH or c0 + W > FW:
         where = (f"origins (0, 0)..({FH - H}, {FW - W}) fit" if H <= FH and W <= FW
                  else "the frame is larger than the field")

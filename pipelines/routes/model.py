@@ -6,7 +6,10 @@
 - Coordinates of each block come from ``recon.batch_coords`` (``psfsim.field_coords_torch``) at the block's
   origin in the lens field.
 - Normalisation as the checkpoint recorded it. Training samples (kind ``source_region_max``) were divided by
-  their own maximum, so ``x_model = vmin + (vmax - vmin) * x / scale``, with ``scale`` ONE statistic of the
+  the SHARP source region's maximum, so the model's inputs (blurred) peaked below 1, typically at the
+  checkpoint's ``input_peak`` (the median over training inputs of their maximum; 1 for an old checkpoint that
+  does not record it, with recon's warning). The frame's robust maximum is mapped to that peak:
+  ``x_model = vmin + (vmax - vmin) * input_peak * x / scale``, with ``scale`` ONE statistic of the
   whole frame computed once in :meth:`ModelRoute.prepare` (:func:`~pipelines.routes.base.frame_scale`: the
   frame's maximum ignoring its brightest 1e-5 of pixels), never per tile (per-tile statistics make seams);
   the output is mapped back by the inverse, so it is in the input's units.
@@ -34,7 +37,7 @@ from psfsim.cache import BoundedCache
 from ..errors import PipelineError
 from .base import check_call, check_frame_window, fill_block, frame_scale, positive_scale, ROBUST_FRACTION
 
-__all__ = ["ModelRoute", "model_route", "checkpoint_sha256", "loaded_model", "NORMALISATIONS", "clear_models"]
+__all__ = ["ModelRoute", "model_route", "tile_geometry", "global_tail", "checkpoint_sha256", "loaded_model", "NORMALISATIONS", "clear_models"]
 
 #: Normalisation kinds the route knows how to apply to a whole frame.
 NORMALISATIONS = ("source_region_max",)
@@ -97,6 +100,56 @@ def clear_models() -> None:
     _MODELS.clear()
 
 
+def tile_geometry(model, path="<model>") -> tuple[int, int | None, int, bool]:
+    """``(align, halo, tile_halo, exact)`` of a recon model for tiled inference, from its ``tile_align`` and
+    ``tile_halo`` (every 2-D recon model reports them: ``2^depth`` and the exact receptive reach for U-Nets,
+    1 and the reach for FCNNs) and its ``halo`` (None for a global receptive field, such as MultiWienerNet's
+    FFT Wiener layer: then ``exact`` is False and ``tile_halo`` is only a practical context).
+
+    Raises
+    ------
+    PipelineError
+        A model that reports no tiling geometry (naming the checkpoint and the model's class).
+    """
+    align, tile_halo = getattr(model, "tile_align", None), getattr(model, "tile_halo", None)
+    if not (isinstance(align, int) and align >= 1 and isinstance(tile_halo, int) and tile_halo >= 0):
+        raise PipelineError(f"checkpoint {path}: model {type(model).__name__} reports no tiling geometry "
+                            f"(tile_align = {align!r}, tile_halo = {tile_halo!r}; expected whole numbers >= 1 and "
+                            ">= 0): it cannot be tiled")
+    halo = getattr(model, "halo", None)
+    return align, None if halo is None else int(halo), tile_halo, halo is not None
+
+
+def global_tail(model, halo: int) -> tuple[float | None, int | None]:
+    """For a model whose global part is a :class:`recon.layers.MultiWiener` followed by a U-Net (MultiWienerNet):
+    the largest fraction, over its K filters, of the Wiener inverse filter's impulse-response L1 mass beyond
+    ``halo - unet.halo`` pixels (Chebyshev distance; the U-Net consumes ``unet.halo`` of the context), and the
+    least halo (a multiple of 8) that makes it < 1e-6. ``(None, None)`` for another global model.
+
+    The filter ``conj(H) / (|H|^2 + reg)`` (Yanny et al., Optica 9, 96 (2022), Eq. 2) is evaluated on a
+    ``n x n`` grid, ``n >= max(256, 4 reach)``, so a tail beyond ``n / 2`` is not resolved (a lower bound there).
+    """
+    import torch
+
+    wiener, unet = getattr(model, "wiener", None), getattr(model, "unet", None)
+    if wiener is None or unet is None:
+        return None, None
+    reach = max(0, int(halo) - int(unet.halo))
+    n = 1 << max(8, int(math.ceil(math.log2(4 * reach + max(wiener.psf_size) + 1))))
+    with torch.no_grad():
+        Hf = wiener.transfer((n, n), torch.float64, torch.device("cpu"))
+        reg = wiener.reg.detach().to(torch.float64).cpu()[:, None, None]
+        g = torch.fft.irfft2(Hf.conj() / (Hf.real.square() + Hf.imag.square() + reg), s=(n, n)).abs().numpy()
+    d = np.minimum(np.arange(n), n - np.arange(n))
+    cheb = np.maximum(d[:, None], d[None, :])
+    mass = np.stack([np.bincount(cheb.ravel(), weights=gk.ravel(), minlength=n // 2 + 1) for gk in g])
+    beyond = mass[:, ::-1].cumsum(axis=1)[:, ::-1] / mass.sum(axis=1, keepdims=True)  # beyond[:, r]: mass at >= r
+    tail = float(beyond[:, reach + 1].max()) if reach + 1 < beyond.shape[1] else 0.0
+    ok = np.nonzero(beyond.max(axis=0) < 1e-6)[0]
+    need = (int(ok[0]) - 1 if ok.size else n // 2) + int(unet.halo)
+    return tail, -(-need // 8) * 8
+
+
 def _coordgates(model):
     from recon.layers.coordgate import CoordGate
 
@@ -138,6 +191,7 @@ class ModelRoute:
         model, info = loaded_model(self.path, self.sha256, "cpu")
         self.lens = info.lens
         self.normalisation = info.normalisation
+        self.input_peak = float(getattr(info, "input_peak", 1.0))
         self.model_config = dict(info.model_config)
         if self.normalisation.kind not in NORMALISATIONS:
             raise PipelineError(f"checkpoint {self.path}: normalisation kind {self.normalisation.kind!r} is not one "
@@ -145,19 +199,22 @@ class ModelRoute:
         if not self.normalisation.vmax > self.normalisation.vmin:
             raise PipelineError(f"checkpoint {self.path}: normalisation range [{self.normalisation.vmin}, "
                                 f"{self.normalisation.vmax}] is empty")
+        from recon.models.registry import MODELS
+
+        spec = MODELS.get(self.model_config.get("name"))
+        dims = getattr(spec, "dims", None)
+        if dims != 2:
+            raise PipelineError(f"checkpoint {self.path}: model {self.model_config.get('name')!r} is "
+                                f"{'a ' + str(dims) + '-D' if dims else 'not a known 2-D'} model; the deblur route "
+                                "tiles 2-D frames and needs a 2-D model (unet, cgunet, pafu_unet, multiwienernet, ...)")
         chans = (self.model_config.get("in_channels", 1), self.model_config.get("out_channels", 1))
         if chans != (1, 1):
             raise PipelineError(f"checkpoint {self.path}: model {self.model_config.get('name')!r} has {chans[0]} input "
                                 f"and {chans[1]} output channels; the deblur route feeds it one frame at a time "
                                 "(1 -> 1 channels)")
-        depth = getattr(model, "depth", None)
-        self.align = 2 ** int(depth) if isinstance(depth, int) and hasattr(model, "enc") else 1
-        model_halo = getattr(model, "halo", None)
+        self.align, model_halo, self.tile_halo, self.exact = tile_geometry(model, self.path)
         if halo is None:
-            if model_halo is None:
-                raise PipelineError(f"checkpoint {self.path}: model {self.model_config.get('name')!r} reports no halo "
-                                    "(receptive field); pass halo= (--halo N) explicitly")
-            halo = int(model_halo)
+            halo = self.tile_halo
         try:
             bad = isinstance(halo, bool) or int(halo) != halo or halo < 0
         except (TypeError, ValueError):
@@ -165,26 +222,36 @@ class ModelRoute:
         if bad:
             raise PipelineError(f"halo = {halo!r}: expected a whole number >= 0")
         self.halo = int(halo)
-        self.model_halo = None if model_halo is None else int(model_halo)
+        self.model_halo = model_halo
+        self.tail_beyond_halo = None
         if model_halo is not None and self.halo < model_halo:
             warnings.warn(f"halo {self.halo} < the model's receptive reach {model_halo}: tiles will differ from a "
                           "whole-frame pass near their borders (seams)", stacklevel=2)
+        if not self.exact:
+            self.tail_beyond_halo, need = global_tail(model, self.halo)
+            tail = ("" if self.tail_beyond_halo is None else
+                    f"; {self.tail_beyond_halo:.2g} of its Wiener filters' impulse response lies beyond this halo, "
+                    f"the relative error of the Wiener layer's output (a halo of {need} px makes it < 1e-6)")
+            warnings.warn(f"checkpoint {Path(self.path).name}: model {self.model_config.get('name')!r} has a global "
+                          f"receptive field, so tiles with a halo of {self.halo} px approximate a whole-frame pass "
+                          f"and cannot reproduce it exactly{tail}", UserWarning, stacklevel=2)
         self.position_aware = bool(getattr(model, "position_aware", True))
 
     # -- the Route protocol ----------------------------------------------------------------------
     def identity(self) -> dict:
         return {"route": self.name, "checkpoint": self.path, "checkpoint_sha256": self.sha256,
                 "model_config": self.model_config, "lens": self.lens.name, "lens_fingerprint": self.lens.fingerprint,
-                "normalisation": asdict(self.normalisation), "robust_fraction": self.robust_fraction,
-                "halo": self.halo, "align": self.align}
+                "normalisation": asdict(self.normalisation), "input_peak": self.input_peak, "robust_fraction": self.robust_fraction,
+                "halo": self.halo, "align": self.align, "tiling_exact": self.exact,
+                "tail_beyond_halo": self.tail_beyond_halo}
 
-    def check_frame(self, frame_shape, origin=(0, 0)):
+    def check_frame(self, frame_shape, origin=None):
         """Refuse a frame that does not lie inside the checkpoint's lens field at ``origin``."""
         return check_frame_window(self.lens, frame_shape, origin, what=f"frame (checkpoint {Path(self.path).name})")
 
-    def prepare(self, frame, index: int, *, origin=(0, 0)) -> dict:
+    def prepare(self, frame, index: int, *, origin=None) -> dict:
         """``{"scale", ...}``: the frame's robust maximum (:func:`~pipelines.routes.base.frame_scale`), the value
-        that maps to the normalisation's ``vmax``; plus the frame's origin and index."""
+        that maps to the checkpoint's ``input_peak`` (in the normalised range); plus the frame's origin and index."""
         (r0, c0), _ = self.check_frame(frame.frame_shape, origin)
         stats = frame_scale(frame, index, fraction=self.robust_fraction)
         positive_scale(stats, frame, index)
@@ -203,7 +270,8 @@ class ModelRoute:
         model, _ = loaded_model(self.path, self.sha256, device)
         self._bound_gate_caches(model)
         filled, masks = zip(*(fill_block(b) for b in blocks)) if blocks else ((), ())
-        xs = [vmin + (vmax - vmin) * (f / np.float32(scale)) for f in filled]
+        gain = np.float32(self.input_peak / scale)  # the frame's robust max -> the training inputs' typical peak
+        xs = [vmin + (vmax - vmin) * (f * gain) for f in filled]
         out: list[np.ndarray | None] = [None] * len(blocks)
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(xs):
@@ -216,8 +284,17 @@ class ModelRoute:
         from psfsim.checks import remask
 
         res = []
-        for y, m in zip(out, masks):
-            y = ((y - np.float32(vmin)) * np.float32(scale / (vmax - vmin))).astype(np.float32, copy=False)
+        for y, m, o in zip(out, masks, origins):
+            bad = ~np.isfinite(y) if m is None else ~np.isfinite(y) & ~m
+            if bad.any():
+                r, c = (int(v) for v in np.argwhere(bad)[0])
+                raise PipelineError(f"checkpoint {Path(self.path).name}: the model's output has {int(bad.sum())} "
+                                    f"non-finite pixels outside the input's NaN mask in the tile read at lens-field "
+                                    f"origin {tuple(o)}, shape {y.shape} (frame index {stats.get('index', '?')}; "
+                                    f"first at tile pixel ({r}, {c})); the frame's values may be far outside the "
+                                    "training range, or the checkpoint is damaged")
+            y = ((y - np.float32(vmin)) * np.float32(scale / (self.input_peak * (vmax - vmin)))).astype(np.float32,
+                                                                                                        copy=False)
             res.append(remask(y, m))
         return res
 
@@ -325,7 +402,9 @@ def model_route(checkpoint, *, device: str = "auto", batch: int = 4, halo: int |
     batch : int
         Blocks per forward pass (halved on out-of-memory).
     halo : int, optional
-        Context per side, pixels; default the model's ``halo`` (its exact receptive reach).
+        Context per side, pixels; default the model's ``tile_halo`` (its exact receptive reach; for a model with a
+        global receptive field, MultiWienerNet, a practical context: tiling is then approximate and warned
+        about, with the share of the Wiener filters' response beyond the halo).
     options :
         ``robust_fraction`` (frame statistic), ``gate_cache_windows``, ``gate_cache_bytes``.
     """

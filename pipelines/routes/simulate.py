@@ -69,10 +69,10 @@ class SimulateRoute:
                 "robust_fraction": self.robust_fraction if self.noisy else None, "halo": self.halo,
                 "align": self.align}
 
-    def check_frame(self, frame_shape, origin=(0, 0)):
+    def check_frame(self, frame_shape, origin=None):
         return check_frame_window(self.lens, frame_shape, origin)
 
-    def prepare(self, frame, index: int, *, origin=(0, 0)) -> dict:
+    def prepare(self, frame, index: int, *, origin=None) -> dict:
         """The frame's origin, index and shape; with noise also ``scale`` (the sharp frame's robust maximum)."""
         (r0, c0), (H, W) = self.check_frame(frame.frame_shape, origin)
         stats = {"origin": [r0, c0], "index": int(index), "frame_shape": [H, W], "seed": self.seed}

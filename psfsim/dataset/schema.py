@@ -93,21 +93,11 @@ def block_range(b: int, block: int, n: int) -> tuple[int, int]:
 
 def read_done(group, n_blocks: int) -> tuple[np.ndarray, list[int]]:
     """``(done, damaged)``: the ``done`` markers (unreadable or invalid ones as 0) and the blocks whose marker was
-    unreadable or not 0 / 1."""
-    try:
-        raw = np.asarray(group["done"][:]).astype(np.int64)
-        ok = np.ones(n_blocks, bool)
-    except Exception:  # noqa: BLE001 - a damaged marker (zstd error, truncated file): one by one
-        raw = np.zeros(n_blocks, np.int64)
-        ok = np.ones(n_blocks, bool)
-        for b in range(n_blocks):
-            try:
-                raw[b] = int(np.asarray(group["done"][b]))
-            except Exception:  # noqa: BLE001
-                ok[b] = False
-    ok &= (raw == 0) | (raw == 1)
-    done = np.where(ok, raw, 0).astype(np.uint8)
-    return done, [int(b) for b in np.flatnonzero(~ok)]
+    unreadable or not 0 / 1 (:func:`psfsim.integrity.read_flags`)."""
+    from ..integrity import read_flags
+
+    done, damaged = read_flags(group["done"], (n_blocks,))
+    return done, [int(b) for b in np.flatnonzero(damaged)]
 
 
 def _show(value) -> str:

@@ -50,6 +50,16 @@ class _Base(nn.Module):
     def receptive_field(self) -> int:
         return 2 * self.halo + 1
 
+    @property
+    def tile_align(self) -> int:
+        """Read-origin alignment for tiled inference: 1 (no pooling or strides)."""
+        return 1
+
+    @property
+    def tile_halo(self) -> int:
+        """One-sided context for tiled inference, pixels: :attr:`halo` (exact)."""
+        return self.halo
+
     def _residual_check(self, residual, in_channels, out_channels):
         if residual and in_channels < out_channels:
             raise ReconError(f"residual = True needs in_channels >= out_channels (got {in_channels} and {out_channels})")

@@ -124,6 +124,12 @@ class MultiWienerNet(nn.Module):
         return None
 
     @property
+    def tile_align(self) -> int:
+        """Read-origin alignment for tiled inference: the U-Net's ``2^depth`` (its pooling grids must be the
+        whole frame's)."""
+        return self.unet.tile_align
+
+    @property
     def tile_halo(self) -> int:
         """Practical one-sided context for tiled inference: the PSF box plus the U-Net's halo. Not exact: the
         Wiener inverse filter's tail reaches further (see the module docstring)."""

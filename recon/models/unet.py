@@ -187,6 +187,18 @@ class UNet(nn.Module):
         """Receptive field diameter in pixels (``2 * halo + 1``, an upper bound)."""
         return 2 * self.halo + 1
 
+    @property
+    def tile_align(self) -> int:
+        """Read-origin alignment for tiled inference, pixels: ``2^depth``, so a tile's pooling grids are the
+        whole frame's (what :mod:`pipelines` tiles with)."""
+        return 2**self.depth
+
+    @property
+    def tile_halo(self) -> int:
+        """One-sided context for tiled inference, pixels: :attr:`halo` (exact: a tile with it reproduces the
+        whole-frame output)."""
+        return self.halo
+
     def forward(self, x: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise ReconError(f"x of shape {tuple(getattr(x, 'shape', ()))}: expected (B, C, H, W)")

@@ -245,6 +245,13 @@ def test_refusals_of_paths_and_writers(tmp_path):
     inside = {**RECORD, "input": {"path": str(tmp_path / "o.zarr" / "frame.npy")}}
     with pytest.raises(PipelineError, match="contains the input"):
         OutputStore.create(tmp_path / "o.zarr", shape=a.shape, chunks=(32, 32), record=inside)
+    # and the reverse: an output inside the input Zarr folder (a new group in the input store) is refused too
+    for out in (tmp_path / "in.zarr" / "deblurred.zarr", tmp_path / "in.zarr" / "sub" / "o.zarr"):
+        (out.parent).mkdir(exist_ok=True)
+        with pytest.raises(PipelineError, match=r"lies inside the input .*in.zarr; choose an output path outside"):
+            OutputStore.create(out, shape=a.shape, chunks=(32, 32), record={"input": frame.identity()})
+        assert not out.exists()
+    (tmp_path / "in.zarr" / "sub").rmdir()
     with pytest.raises(PipelineError, match=r"shape \(40,\): expected \(H, W\)"):
         OutputStore.create(tmp_path / "o.zarr", shape=(40,), chunks=(32, 32), record=RECORD)
     with pytest.raises(PipelineError, match="cannot be stored as JSON"):

@@ -68,6 +68,103 @@ def test_model_route_tiled_equals_whole_frame(name, checkpoints, pl_lens, blurre
     assert seam_score(out, 32) < 1.2
 
 
+@pytest.fixture(scope="module")
+def more_checkpoints(tmp_path_factory, pl_lens):
+    """PAFU-UNet(2) and MultiWienerNet (PSFs of the lens, U-Net depth 2, Wiener regularisation 1: a long
+    inverse-filter tail, far weaker than the authors' initial 1000), random weights (seeded)."""
+    import torch
+
+    import recon
+    from psfsim.dataset.reader import Normalisation
+
+    folder = tmp_path_factory.mktemp("ckpt2")
+    out = {}
+    for name, cfg in (("pafu_unet", {}), ("multiwienernet", {"lens": pl_lens.to_dict(), "reg_init": 1e-3})):
+        torch.manual_seed(12)
+        model = recon.build_model(name, depth=2, base_channels=4, **cfg)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                    m.weight.mul_(2.5)
+        out[name] = recon.save_checkpoint(tmp_path_factory.mktemp(name) / f"{name}.pt", model, lens=pl_lens,
+                                          normalisation=Normalisation("source_region_max", 8, 0.0, 1.0),
+                                          dataset_identity={"test": "random weights"}, train_args={}, metrics={},
+                                          input_peak=1.0)
+    return out
+
+
+def _whole_frame(path, pl_lens, y, scale, origin=ORIGIN):
+    import torch
+
+    import recon
+
+    model, _ = recon.load_checkpoint(path)
+    coords = recon.batch_coords(pl_lens, origins=[origin], shape=y.shape) if model.position_aware else None
+    with torch.no_grad():
+        return model(torch.from_numpy(y / scale)[None, None], coords)[0, 0].numpy() * scale
+
+
+def test_pafu_unet_route_tiled_equals_whole_frame(more_checkpoints, pl_lens, blurred_frame):
+    """Reference: the PAFU-UNet called once on the whole frame. Its alignment (2^depth) and halo come from the
+    model's tile_align / tile_halo like every U-Net's."""
+    _, y = blurred_frame
+    route = model_route(more_checkpoints["pafu_unet"], device="cpu", batch=2)
+    assert (route.align, route.halo, route.exact) == (4, 23, True)
+    out, stats, grid = tiled(route, ArrayFrame(y), tile=32)
+    assert any(t.read[1] == SHAPE[0] for t in grid) and len(interior_reads(grid)) >= 4
+    ref = _whole_frame(more_checkpoints["pafu_unet"], pl_lens, y, stats["scale"])
+    assert np.abs(ref).max() > 1e-2 and np.abs(out - ref).max() < 1e-4
+
+
+def test_multiwienernet_route_is_aligned_and_near_exact_with_its_tile_halo(more_checkpoints, pl_lens):
+    """MultiWienerNet keeps its U-Net under ``.unet``: tiles must still be aligned to 2^depth (with align 1 the
+    error was 2.0 on a range of 4.5). Its Wiener layer is global (FFT): tiling is approximate and warned about,
+    naming the share of the filters' response beyond the halo; with the default tile_halo (PSF box + U-Net
+    halo) the measured error is at float32 rounding, and a halo that only covers the U-Net is visibly worse.
+    Reference: the model called once on the whole frame."""
+    origin = (10, 12)  # a larger frame than SHAPE: room for tiles with a 40 px halo that are not the whole frame
+    y = psfsim.blur(scene((150, 206), seed=7), pl_lens, origin=origin)
+    path = more_checkpoints["multiwienernet"]
+    with pytest.warns(UserWarning, match=r"global receptive field.*beyond this halo") as rec:
+        route = model_route(path, device="cpu", batch=2)
+    assert (route.align, route.halo, route.exact) == (4, 17 + 23, False)
+    msg = next(str(w.message) for w in rec if "global receptive field" in str(w.message))
+    assert 0 < route.tail_beyond_halo < 1e-4 and f"halo of {route.halo} px" in msg
+    assert route.identity()["tiling_exact"] is False
+    out, stats, grid = tiled(route, ArrayFrame(y), tile=32, origin=origin)
+    assert any(t.read[1] == y.shape[0] for t in grid) and len(interior_reads(grid)) >= 4
+    ref = _whole_frame(path, pl_lens, y, stats["scale"], origin)
+    err = np.abs(out - ref).max()
+    assert np.abs(ref).max() > 1e-2 and err < 1e-5 * max(1.0, float(np.abs(ref).max()))
+    with pytest.warns(UserWarning, match="global receptive field"):
+        short = model_route(path, device="cpu", halo=24)
+    assert short.tail_beyond_halo > 0.1
+    out24, _, _ = tiled(short, ArrayFrame(y), tile=32, origin=origin)
+    assert np.abs(out24 - ref).max() > 10 * err
+    # unaligned tiles (what the route did before it read tile_align) differ grossly
+    route.align = 1
+    out1, _, _ = tiled(route, ArrayFrame(y), tile=30, origin=origin)
+    assert np.abs(out1 - ref).max() > 100 * err
+
+
+def test_every_2d_model_reports_its_tile_geometry():
+    """One place for every model: tile_align is 2^(pooling levels) (the U-Net's depth, wherever it is kept) and
+    tile_halo the exact reach, except for the global MultiWienerNet (halo None: not exact)."""
+    import recon
+    from recon.models.registry import MODELS
+
+    from pipelines.routes.model import tile_geometry
+
+    for name, spec in MODELS.items():
+        if spec.dims != 2:
+            continue
+        m = recon.build_model(name)
+        unet = getattr(m, "unet", m)
+        align, halo, tile_halo, exact = tile_geometry(m, name)
+        assert align == 2 ** getattr(unet, "depth", 0), name
+        assert exact == (name != "multiwienernet") and (halo == tile_halo if exact else tile_halo > unet.halo), name
+
+
 def test_model_route_wrong_window_and_position(checkpoints, blurred_frame):
     """The CG-UNet's output depends on the field window: the same frame at another origin differs; a frame
     outside the checkpoint's lens field is refused, naming it."""
@@ -81,6 +178,27 @@ def test_model_route_wrong_window_and_position(checkpoints, blurred_frame):
         route.prepare(frame, 0, origin=(100, 0))
     with pytest.raises(PipelineError, match="no such file"):
         model_route(checkpoints["cgunet"].parent / "missing.pt")
+
+
+def test_no_origin_means_the_full_field_and_a_sub_window_is_refused(tmp_path, pl_lens, checkpoints, blurred_frame):
+    """Issue 13: the frame is the lens's full field unless an origin places it. Without one, a frame of another
+    shape is refused (both shapes named, --origin suggested) instead of running silently at (0, 0); an
+    explicit (0, 0) is a sub-window at the corner, accepted. Through the runner too: nothing is written."""
+    from pipelines.runner import run
+
+    _, y = blurred_frame
+    frame, full = ArrayFrame(y), ArrayFrame(np.random.default_rng(0).random((160, 224), np.float32))
+    for route in (model_route(checkpoints["unet"], device="cpu"), wiener_route(pl_lens), simulate_route(pl_lens)):
+        with pytest.raises(PipelineError, match=r"shape \(102, 150\) is not the lens field \(160, 224\).*"
+                                                r"--origin ROW,COL \(origins \(0, 0\)..\(58, 74\) fit\)"):
+            route.prepare(frame, 0)
+        assert route.prepare(frame, 0, origin=(0, 0))["origin"] == [0, 0]
+        assert route.prepare(full, 0)["origin"] == [0, 0]
+        assert route.check_frame((160, 224)) == ((0, 0), (160, 224))
+    out = tmp_path / "o.zarr"
+    with pytest.raises(PipelineError, match="no origin was given"):
+        run(simulate_route(pl_lens), frame, out, tile=32, progress=False)
+    assert not out.exists()
 
 
 def test_model_route_gate_cache_reused_per_window_and_bounded(checkpoints, blurred_frame):
@@ -162,6 +280,49 @@ def test_model_route_pickles_small_and_normalises_in_input_units(checkpoints, bl
     assert ident["checkpoint_sha256"] == route.sha256 and len(ident["checkpoint_sha256"]) == 64
 
 
+def test_frame_reaches_the_model_at_the_training_inputs_scale(tmp_path, pl_lens, checkpoints, monkeypatch):
+    """Training divides each sample by its SHARP maximum, so the model's (blurred) inputs peak below 1; the
+    checkpoint records their typical peak (input_peak, the trainer's median of max(input)) and the route maps
+    the frame's robust maximum to it. Reference: psfsim.blur of the frame's sharp scene scaled to max 1 (what
+    training would have fed the model): the frame, given in counts, reaches the model within 3 % of it."""
+    import recon
+    from pipelines.routes import model as model_mod
+
+    rng = np.random.default_rng(4)
+
+    def points(shape, where):  # sharp scene, max 1: a background and point sources of 1
+        a = np.full(shape, 0.1, np.float32)
+        a[tuple(np.asarray(where).T)] = 1.0
+        return a
+
+    peaks = []  # training inputs: 32 x 32 windows of the field, one point source each
+    for _ in range(16):
+        o = (int(rng.integers(0, 160 - 32)), int(rng.integers(0, 224 - 32)))
+        peaks.append(float(psfsim.blur(points((32, 32), [rng.integers(8, 24, 2)]), pl_lens, origin=o).max()))
+    p = float(np.median(peaks))
+    assert p < 0.9  # the blurred peak is well below 1: mapping the frame's max to 1 would be ~1/p too bright
+    model, info = recon.load_checkpoint(checkpoints["unet"])
+    ck = recon.save_checkpoint(tmp_path / "peak.pt", model, lens=pl_lens, normalisation=info.normalisation,
+                               dataset_identity={}, train_args={}, metrics={}, input_peak=p)
+    route = model_route(ck, device="cpu")
+    assert route.input_peak == p and route.identity()["input_peak"] == p
+    grid_pts = [(r, c) for r in range(8, SHAPE[0] - 8, 16) for c in range(8, SHAPE[1] - 8, 16)]
+    y = psfsim.blur(points(SHAPE, grid_pts), pl_lens, origin=ORIGIN)  # sharp max 1: the training scale
+    seen = []
+    real = model_mod.ModelRoute._forward
+
+    def spy(self, model, device, xs, origins):
+        seen.append(np.stack(xs))
+        return real(self, model, device, xs, origins)
+
+    monkeypatch.setattr(model_mod.ModelRoute, "_forward", spy)
+    frame = ArrayFrame(800.0 * y + 0.0)  # in counts
+    route([frame.read(0, slice(None), slice(None))], [ORIGIN], route.prepare(frame, 0, origin=ORIGIN))
+    x = seen[0][0]
+    assert np.abs(x - y).max() < 0.03 * float(y.max())
+    assert abs(float(x.max()) / p - 1) < 1e-5  # the frame's max sits at the recorded peak
+
+
 def test_frame_scale_is_exact_robust_max():
     rng = np.random.default_rng(0)
     a = rng.random((300, 400)).astype(np.float32)
@@ -232,6 +393,8 @@ def test_sv_wiener_route_equals_psfsim(psfs, pl_lens, field_frame):
     psf_at = psfsim.lowrank_basis(pl_lens).psfs_at if psfs == "lowrank" else None
     ref = psfsim.sv_wiener(y, pl_lens, origin=(0, 0), patch=16, psf_at=psf_at)
     assert stats["balance_from"] == "whole frame"
+    assert sv.identity()["psf"] == psfs and ("not psfsim.sv_wiener's default" in str(sv.identity()["psf_note"])) \
+        == (psfs == "lowrank")
     assert np.abs(out - ref).max() < 1e-4 * float(np.abs(ref).max())
 
 
@@ -275,6 +438,33 @@ def test_nan_pixels_masked_not_spread(pl_lens, blurred_frame):
         assert np.array_equal(np.isnan(out), np.isnan(y))
 
 
+def test_model_nan_output_outside_the_input_mask_is_refused_naming_the_tile(checkpoints, blurred_frame,
+                                                                            monkeypatch):
+    """NaN input pixels come back NaN (masked); a NaN or inf the model makes elsewhere is an error, not data."""
+    from pipelines.routes import model as model_mod
+
+    _, y = blurred_frame
+    y = y.copy()
+    y[5, 6] = np.nan
+    route = model_route(checkpoints["unet"], device="cpu")
+    frame = ArrayFrame(y)
+    out, _, _ = tiled(route, frame, tile=48)
+    assert np.array_equal(np.isnan(out), np.isnan(y))  # the input's mask: fine
+    real = model_mod.ModelRoute._forward
+
+    def broken(self, model, device, xs, origins):
+        ys = real(self, model, device, xs, origins)
+        for yy in ys:
+            yy[3, 4] = np.inf
+        return ys
+
+    monkeypatch.setattr(model_mod.ModelRoute, "_forward", broken)
+    with pytest.raises(PipelineError, match=r"1 non-finite pixels outside the input's NaN mask in the tile read at "
+                                            r"lens-field origin \(37, 50\), shape \(\d+, \d+\) \(frame index 0; "
+                                            r"first at tile pixel \(3, 4\)\)"):
+        tiled(route, frame, tile=48)
+
+
 def test_model_route_refuses_unknown_normalisation_and_bad_settings(tmp_path, pl_lens, checkpoints):
     import torch
 
@@ -292,6 +482,11 @@ def test_model_route_refuses_unknown_normalisation_and_bad_settings(tmp_path, pl
                                dataset_identity={}, train_args={}, metrics={})
     with pytest.raises(PipelineError, match="2 input and 1 output channels"):
         model_route(p2, device="cpu")
+    p3 = recon.save_checkpoint(tmp_path / "cg1d.pt", recon.build_model("cg1d"), lens=pl_lens,
+                               normalisation=Normalisation("source_region_max", 8, 0.0, 1.0), dataset_identity={},
+                               train_args={}, metrics={}, input_peak=1.0)
+    with pytest.raises(PipelineError, match="model 'cg1d' is a 1-D model; the deblur route tiles 2-D frames"):
+        model_route(p3, device="cpu")
     with pytest.raises(PipelineError, match="batch = 0"):
         model_route(checkpoints["unet"], batch=0)
     with pytest.raises(PipelineError, match="device = 'tpu'"):

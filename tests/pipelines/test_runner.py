@@ -176,7 +176,8 @@ def test_refusals_before_any_store(lens, sharp, tmp_path):
     with pytest.raises(PipelineError, match="give one of them"):
         run(_sim(lens), frame, out, tile=64, workers=2, scheduler="tcp://127.0.0.1:1", progress=False)
     with pytest.raises(PipelineError, match="no Dask scheduler answered"):
-        run(_sim(lens), frame, out, tile=64, scheduler="tcp://127.0.0.1:9", connect_timeout=1, progress=False)
+        run(_sim(lens), frame, out, tile=64, origin=ORIGIN, scheduler="tcp://127.0.0.1:9", connect_timeout=1,
+            progress=False)
     assert not out.exists()
 
 

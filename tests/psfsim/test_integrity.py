@@ -368,3 +368,28 @@ def test_damaged_static_arrays_are_named_by_verify_and_refused_by_export(ref, tm
     with pytest.raises(psfsim.PsfsimError, match=f"array {array}: content differs"):
         export_hdf5(d, tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_read_flags_reads_damaged_and_invalid_flags_as_not_done():
+    """Reference: the flags written by hand. A whole-array read that fails falls back to one flag at a time; a
+    flag that cannot be read, or is neither 0 nor 1, reads 0 and is reported damaged (1-D and grid-shaped)."""
+    import numpy as np
+
+    from psfsim.integrity import read_flags
+
+    class Damaged:
+        def __init__(self, a, broken):
+            self.a, self.broken = a, broken
+
+        def __getitem__(self, idx):
+            if idx is Ellipsis or idx == self.broken:
+                raise OSError("zstd: corrupted block")
+            return self.a[idx]
+
+    a = np.array([[1, 0, 2], [1, 1, 0]], np.uint8)
+    flags, damaged = read_flags(a, (2, 3))
+    assert flags.tolist() == [[1, 0, 0], [1, 1, 0]] and damaged.tolist() == [[False, False, True], [False] * 3]
+    flags, damaged = read_flags(Damaged(a, (1, 0)), (2, 3))
+    assert flags.tolist() == [[1, 0, 0], [0, 1, 0]] and np.argwhere(damaged).tolist() == [[0, 2], [1, 0]]
+    flags, damaged = read_flags(Damaged(np.array([1, 1, 0, 1]), (3,)), (4,))
+    assert flags.tolist() == [1, 1, 0, 0] and np.flatnonzero(damaged).tolist() == [3]

@@ -2,6 +2,7 @@
 pickled code (never running it), truncated files, missing keys, other formats, unknown models, other lenses."""
 
 import pathlib
+import warnings
 
 import pytest
 import torch
@@ -54,6 +55,31 @@ def test_round_trip_same_outputs_and_provenance(saved):
     check_store_matches(info, ds.reader)
     raw = torch.load(path, weights_only=True)  # plain data: loads with the safe loader as is
     assert raw["format"] == FORMAT
+
+
+def test_input_peak_recorded_and_old_checkpoints_load_with_a_warning_as_1(saved, tmp_path):
+    """The typical peak of the model's training inputs rides in the normalisation dict (read by older code,
+    which ignores the extra key); a checkpoint without it (the format before it) loads with a warning, as 1."""
+    path, model, ds = saved
+    with pytest.warns(UserWarning, match="no input_peak recorded.*taken as 1"):
+        _, info = load_checkpoint(path)
+    assert info.input_peak == 1.0 and info.normalisation == ds.normalisation
+    new = save_checkpoint(tmp_path / "new.pt", model, lens=ds.lens, normalisation=ds.normalisation,
+                          dataset_identity={}, train_args={}, metrics={}, input_peak=0.625)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = load_checkpoint(new)
+    assert info.input_peak == 0.625 and info.normalisation == ds.normalisation
+    assert read_checkpoint(new)["normalisation"]["input_peak"] == 0.625
+    for bad in (0.0, -1.0, float("nan"), True):
+        with pytest.raises(ReconError, match="input_peak"):
+            save_checkpoint(tmp_path / "bad.pt", model, lens=ds.lens, normalisation=ds.normalisation,
+                            dataset_identity={}, train_args={}, metrics={}, input_peak=bad)
+    ckpt = read_checkpoint(new)
+    ckpt["normalisation"]["input_peak"] = "high"
+    torch.save(ckpt, tmp_path / "bad2.pt")
+    with pytest.raises(ReconError, match="input_peak = 'high'"):
+        load_checkpoint(tmp_path / "bad2.pt")
 
 
 def test_pickled_code_is_refused_not_executed(saved, tmp_path):

@@ -55,6 +55,13 @@ def test_run_folder_metrics_and_loss_decreases(tiny_store, tmp_path):
     assert info.model_config == {"name": "unet", "depth": 2, "base_channels": 4, "in_channels": 1}
     assert info.train_args["lr"] == 3e-3 and info.metrics["epoch"] == res.best_epoch
     assert info.dataset["kind"] == "store"
+    # the typical peak of the model's inputs: the median over the best epoch's training inputs of their maximum
+    # (reference: the same crops read again through StoreDataset at that epoch)
+    ds = recon.StoreDataset(tiny_store, "train", crop=16, seed=res.config.seed, multiple_of=4)
+    ds.set_epoch(res.best_epoch - 1)
+    batches = recon.data.loader(ds, res.config.batch, seed=res.config.seed)  # the trainer's order and drop_last
+    ref = float(torch.median(torch.cat([b.x[:, 0].amax(dim=(-2, -1)) for b in batches])))
+    assert info.input_peak == pytest.approx(ref, rel=1e-6) and 0 < info.input_peak < 1
     # the run folder alone reproduces the configuration
     assert load_config(out / "config.toml") == res.config.replace(out="", resume=False, overwrite=False)
 
