@@ -52,6 +52,10 @@ MODELS = {
     "multiwienernet3": ("MultiWienerNet(UNet(3))", "multiwienernet", {"depth": 3}),
     "pafu_unet3": ("PAFUUNet(3)", "pafu_unet", {"depth": 3}),
 }
+#: The order the units train in: cheapest first (measured step times), so that a run cut short has the
+#: depth-3 comparisons (plain, CoordGate, PAFU, MultiWiener at ~0.5 M parameters) before the 31 M-parameter models.
+RUN_ORDER = ("unet3", "cgunet3", "pafu_unet3", "multiwienernet3", "unet4", "unet5", "unet6", "multiwienernet6",
+             "coordconv_unet6", "cgunet6")
 #: Models with a ``residual`` option (predict a correction of the blurred input); MultiWienerNet has none.
 RESIDUAL_CAPABLE = ("unet", "cgunet", "coordconv_unet", "pafu_unet")
 BASELINE_LABELS = {"blurred": "blurred input", "wiener": "Wiener (axis PSF)", "wiener_sv": "SV Wiener",
@@ -358,7 +362,7 @@ def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = T
         computed.append("baselines")
     base = exp.load("baselines")
 
-    for unit in s["models"]:
+    for unit in sorted(s["models"], key=RUN_ORDER.index):
         if exp.done(unit):
             continue
         run_dir = exp.path / "runs" / unit
