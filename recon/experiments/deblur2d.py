@@ -249,7 +249,7 @@ def _data_unit(exp: ExperimentDir, s: dict, data: Path, progress: bool) -> dict:
     if not res["complete"]:
         raise ReconError(f"{data}: the store is incomplete; run the same command again to finish it")
     reader = psfsim.DatasetReader(data)
-    return {"store": os.fspath(data), "seconds": time.perf_counter() - t, "samples": len(reader),
+    return {"store": os.path.abspath(data), "seconds": time.perf_counter() - t, "samples": len(reader),
             "size": list(reader.size), "splits": {k: int(len(v)) for k, v in reader.splits.items()},
             "seed": int(s["seed"]), "examples": _example_indices(reader)}
 

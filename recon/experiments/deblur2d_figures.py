@@ -21,18 +21,27 @@ def psnr_params_figure(recs: dict, base: dict, path) -> Path:
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    # models far below the blurred input (e.g. a MultiWienerNet that has not learnt yet) would squash the rest:
+    # they are drawn at the bottom edge as downward triangles, labelled with their value
+    floor = base["scores"]["blurred"]["psnr_db"] - 4.0
     for fam, col in _FAMILY.items():
         rs = sorted((r for r in recs.values() if r["model"] == fam), key=lambda r: r["params"])
         if not rs:
             continue
-        ax.plot([r["params"] for r in rs], [r["psnr_db"] for r in rs], "o-", color=col, label=f"{fam} (test)")
-        ax.plot([r["params"] for r in rs], [r["best_val_psnr"] for r in rs], "o", mfc="none", color=col, ms=5)
+        x = [r["params"] for r in rs]
+        ax.plot(x, [max(r["psnr_db"], floor) for r in rs], "o-", color=col, label=f"{fam} (test)")
+        ax.plot(x, [max(r["best_val_psnr"], floor) for r in rs], "o", mfc="none", color=col, ms=5)
         for r in rs:
-            ax.annotate(r["label"], (r["params"], r["psnr_db"]), fontsize=6, xytext=(3, -9),
+            low = r["psnr_db"] < floor
+            if low:
+                ax.plot(r["params"], floor, "v", color=col, ms=8)
+            ax.annotate(r["label"] + (f" ({r['psnr_db']:.1f} dB)" if low else ""),
+                        (r["params"], max(r["psnr_db"], floor)), fontsize=6, xytext=(3, -9),
                         textcoords="offset points")
     for k, (col, lab) in _BASE.items():
         ax.axhline(base["scores"][k]["psnr_db"], color=col, ls="--", lw=1, label=lab)
     ax.set_xscale("log")
+    ax.set_ylim(bottom=floor - 0.5)
     ax.set_xlabel("parameters")
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3, which="both")
