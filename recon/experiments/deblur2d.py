@@ -25,7 +25,6 @@ samples of 256 x 256, 600 epochs, learning rate halved after 20 epochs without i
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time

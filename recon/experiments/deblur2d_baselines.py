@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import metrics
 
-__all__ = ["masked_richardson_lucy", "BaselineScores", "score_baselines", "RL_ITERS", "STORE_BASELINES"]
+__all__ = ["masked_richardson_lucy", "score_baselines", "RL_ITERS", "STORE_BASELINES"]
 
 #: Iteration counts among which the validation split chooses Richardson-Lucy's.
 RL_ITERS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30)
@@ -82,10 +82,6 @@ def masked_richardson_lucy(image: np.ndarray, region_op, margin: int, iters, *, 
     return out
 
 
-class BaselineScores(dict):
-    """``method -> {"psnr_db", "ssim", "radial_psnr"}`` plus ``rl_iters`` and ``rl_val_psnr`` (dB per count)."""
-
-
 def _rl_estimates(reader, basis, indices, iters) -> dict:
     """``index -> {n: estimate}`` for the samples ``indices`` of ``reader``."""
     m = reader.lens.psf_sampling.size_px // 2
@@ -139,7 +135,7 @@ def score_baselines(reader, edges, *, iters=RL_ITERS, keep=()) -> tuple[dict, di
     nb = len(edges) - 1
     sse = {k: np.zeros(nb) for k in methods}
     count = np.zeros(nb, np.int64)
-    images = {}
+    images, keep = {}, {int(k) for k in keep}
     for j, i in enumerate(tb.indices):
         imgs = {k: getattr(tb, k)[j] for k in STORE_BASELINES}
         imgs["rl"] = rl[int(i)][n_best]
@@ -151,7 +147,7 @@ def score_baselines(reader, edges, *, iters=RL_ITERS, keep=()) -> tuple[dict, di
             s, c = metrics.radial_sums(im, y, r, edges)
             sse[k] += s
         count += c
-        if int(i) in set(int(k) for k in keep):
+        if int(i) in keep:
             images[int(i)] = {"sharp": y, **imgs}
     record = {
         "scores": {k: {"psnr_db": float(np.mean(per[k]["psnr"])), "ssim": float(np.mean(per[k]["ssim"]))}

@@ -4,7 +4,6 @@ operator, the baselines' scores against skimage computed directly, and the claim
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
