@@ -123,7 +123,7 @@ def train_config(unit: str, settings: dict, data, out, *, device: str = "auto"):
 
     out = Path(out)
     resume = (out / "last.pt").is_file()
-    return TrainConfig(data=os.fspath(data), model=MODELS[unit][1], model_args=model_args(unit, settings),
+    return TrainConfig(data=os.path.abspath(data), model=MODELS[unit][1], model_args=model_args(unit, settings),
                        epochs=int(settings["epochs"]), batch=int(settings["batch"]), crop=int(settings["crop"]),
                        lr=float(settings["lr"]), lr_factor=float(settings["lr_factor"]),
                        patience=int(settings["patience"]), seed=int(settings["seed"]), device=device,
