@@ -162,13 +162,13 @@ def decide_claims(rows: dict, margin: float = MARGIN_DB) -> list[Claim]:
                          f"CGUNet(3) vs UNet(6): {d('cgunet3', 'unet6')}; {rows['cgunet3']['params']:,d} vs "
                          f"{rows['unet6']['params']:,d} parameters ({ratio:.0f}x fewer)"))
     else:
-        out.append(Claim(c, None, "CGUNet(3) or UNet(6) not in this run"))
+        out.append(Claim(c, None, "CGUNet(3) or UNet(6) not finished in this run"))
     c = "CoordConvUNet(6) is no better than UNet(6)"
     if have("coordconv_unet6", "unet6"):
         out.append(Claim(c, p("coordconv_unet6") - p("unet6") <= margin,
                          f"CoordConvUNet(6) vs UNet(6): {d('coordconv_unet6', 'unet6')}"))
     else:
-        out.append(Claim(c, None, "CoordConvUNet(6) or UNet(6) not in this run"))
+        out.append(Claim(c, None, "CoordConvUNet(6) or UNet(6) not finished in this run"))
     c = "MultiWienerNet (on UNet(6)) beats UNet(6) but not CGUNet(3)"
     if have("multiwienernet6", "unet6", "cgunet3"):
         a = p("multiwienernet6") - p("unet6") > margin
@@ -179,12 +179,12 @@ def decide_claims(rows: dict, margin: float = MARGIN_DB) -> list[Claim]:
             ev += f"; MultiWienerNet(UNet(3)) vs UNet(3): {d('multiwienernet3', 'unet3')}"
         out.append(Claim(c, a and b, ev))
     else:
-        out.append(Claim(c, None, "MultiWienerNet(UNet(6)), UNet(6) or CGUNet(3) not in this run"))
+        out.append(Claim(c, None, "MultiWienerNet(UNet(6)), UNet(6) or CGUNet(3) not finished in this run"))
     c = "CGUNet(6) beats CGUNet(3)"
     if have("cgunet6", "cgunet3"):
         out.append(Claim(c, p("cgunet6") - p("cgunet3") > margin, f"CGUNet(6) vs CGUNet(3): {d('cgunet6', 'cgunet3')}"))
     else:
-        out.append(Claim(c, None, "CGUNet(6) or CGUNet(3) not in this run"))
+        out.append(Claim(c, None, "CGUNet(6) or CGUNet(3) not finished in this run"))
     return out
 
 
