@@ -27,6 +27,7 @@ import sys
 import warnings
 
 from psfsim.errors import PsfsimError
+from psfsim.cli import join_negative_values
 
 __all__ = ["main", "build_parser"]
 
@@ -250,21 +251,6 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"pipelines: warning: {message}\n"
 
 
-def _join_negative_values(argv: list[str]) -> list[str]:
-    """``--origin -1,0`` -> ``--origin=-1,0``: argparse would take the value for an option (and then say so)."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        a, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
-        if a.startswith("--") and "=" not in a and len(nxt) > 1 and nxt[0] == "-" and nxt[1].isdigit():
-            out.append(f"{a}={nxt}")
-            i += 2
-            continue
-        out.append(a)
-        i += 1
-    return out
-
-
 def _error(e: BaseException) -> int:
     from psfsim.report import safe_text
 
@@ -281,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     old_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
     try:
-        argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
+        argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
         try:
             args = build_parser().parse_args(argv)
         except PsfsimError as e:

@@ -503,8 +503,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"psfsim: warning: {message}\n"
 
 
-def _join_negative_values(argv: list[str]) -> list[str]:
-    """``--field -0.5,0.2`` -> ``--field=-0.5,0.2``: argparse would take the value for an option."""
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--field -0.5,0.2`` -> ``--field=-0.5,0.2``: argparse would take the value for an option (and then say
+    so). Shared by every command line of the project (``pipelines --origin -1,0`` too)."""
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -524,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     try:
         parser = build_parser()
-        argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
+        argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
         args = parser.parse_args(argv)
         args._argv = argv
         if not getattr(args, "func", None):
