@@ -75,7 +75,7 @@ def write_checkpoint(path: Path, lens) -> None:
     model = recon.build_model("cgunet", depth=2, base_channels=4)
     recon.save_checkpoint(path, model, lens=lens,
                           normalisation=Normalisation(kind="source_region_max", margin_px=16, vmin=0.0, vmax=1.0),
-                          dataset_identity={"bench": "untrained"}, train_args={}, metrics={})
+                          dataset_identity={"bench": "untrained"}, train_args={}, metrics={}, input_peak=1.0)
 
 
 def _status_kib(key: str) -> int:
@@ -100,7 +100,7 @@ def child(route_name: str, frame_path: str, out: str, lens_path: str, ckpt: str,
         route = wiener_route(lens)
     else:
         route = simulate_route(lens)
-    res = run(route, open_frame(frame_path), out, tile=tile, progress=False, qc=False)
+    res = run(route, open_frame(frame_path), out, tile=tile, origin=(0, 0), progress=False, qc=False)
     print(json.dumps({"route": route_name, "mpix_s": res.mpix_per_s, "elapsed_s": res.elapsed_s,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "hwm_mib": _status_kib("VmHWM") / 1024, "anon_mib": _status_kib("RssAnon") / 1024}))
@@ -133,7 +133,7 @@ def tiled_vs_whole(frame_path: Path, ckpt: Path, out: Path, tile: int) -> dict:
 
     def tiled():
         shutil.rmtree(out, ignore_errors=True)
-        run(route, frame, out, tile=tile, progress=False, qc=False)
+        run(route, frame, out, tile=tile, origin=(0, 0), progress=False, qc=False)
 
     t_tiled = best_of(tiled, 2)  # includes reading the frame, the NaN scan, prepare and writing the store
     shutil.rmtree(out, ignore_errors=True)
