@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -102,8 +101,9 @@ def child(route_name: str, frame_path: str, out: str, lens_path: str, ckpt: str,
         route = simulate_route(lens)
     res = run(route, open_frame(frame_path), out, tile=tile, origin=(0, 0), progress=False, qc=False)
     print(json.dumps({"route": route_name, "mpix_s": res.mpix_per_s, "elapsed_s": res.elapsed_s,
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "hwm_mib": _status_kib("VmHWM") / 1024, "anon_mib": _status_kib("RssAnon") / 1024}))
+                      # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a child
+                      # started by a parent that had just written a 1 GiB frame reported the parent's size
+                      "peak_rss_mib": _status_kib("VmHWM") / 1024, "anon_mib": _status_kib("RssAnon") / 1024}))
 
 
 def run_child(route_name, frame_path, out, lens_path, ckpt, tile) -> dict:
