@@ -107,6 +107,10 @@ def _wiener_options(args) -> dict:
     opts = {}
     if args.balance is not None:
         opts["balance"] = _positive("--balance", args.balance, float)
+    if args.psfs is not None:
+        if not args.sv:
+            raise PsfsimError(f"--psfs {args.psfs}: only the spatially-varying Wiener (--sv) takes patch PSFs")
+        opts["psfs"] = args.psfs
     return opts
 
 
@@ -219,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("wiener", help="Wiener restoration with the local PSFs of each tile's window")
     _add_run_arguments(sp, lens=True)
     sp.add_argument("--sv", action="store_true", help="spatially-varying Wiener (patch-wise local PSFs)")
+    sp.add_argument("--psfs", choices=("lowrank", "exact"), default=None,
+                    help="with --sv: each patch's PSF from the low-rank basis (default: fast, within its 1 %% "
+                         "error) or computed exactly as psfsim.sv_wiener does (slower)")
     sp.add_argument("--balance", type=float, help="regularisation balance (default: from the noise)")
     _add_qc_arguments(sp)
     sp.set_defaults(func=cmd_wiener)

@@ -184,3 +184,15 @@ def test_env(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "dask" in out and "torch" in out
+
+
+def test_wiener_psfs_flag_needs_sv(tmp_path, capsys):
+    """``--psfs`` chooses the SV-Wiener's patch PSFs; without ``--sv`` it is refused in one line, exit 2."""
+    lens = tmp_path / "lens.toml"
+    lens.write_text(LENS_TOML)
+    np.save(tmp_path / "f.npy", np.ones((256, 256), np.float32))
+    rc = main(["wiener", "--lens", str(lens), "--input", str(tmp_path / "f.npy"), "--out", str(tmp_path / "o.zarr"),
+               "--psfs", "exact", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--psfs exact" in err[0] and "--sv" in err[0]
+    assert not (tmp_path / "o.zarr").exists()
