@@ -64,7 +64,7 @@ import numpy as np
 
 from .errors import PipelineError
 
-__all__ = ["run", "RunResult", "RoutePlugin", "route_key", "input_identity", "peak_rss_mib", "NAN_POLICIES",
+__all__ = ["run", "RunResult", "RoutePlugin", "route_key", "peak_rss_mib", "NAN_POLICIES",
            "qc_dir_for", "QC_FORMAT", "QC_ROUTES"]
 
 NAN_POLICIES = ("raise", "fill")
@@ -93,33 +93,6 @@ def route_key(route) -> str:
     the checkpoint's SHA-256 or the lens fingerprint and the settings that change the result)."""
     ident = json.dumps(route.identity(), sort_keys=True, default=str)
     return hashlib.sha256(f"{type(route).__module__}.{type(route).__qualname__}:{ident}".encode()).hexdigest()[:16]
-
-
-def input_identity(frame) -> dict:
-    """What identifies the input of a run: :meth:`pipelines.frames.Frame.identity` when the frame has one, else
-    (a duck-typed frame source) what identifies the input of a run: its absolute path, size and modification time (of the file, or of
-    every file of a Zarr folder), shape, dtype and a digest of its header (FITS cards)."""
-    if callable(getattr(frame, "identity", None)):
-        return _jsonable(frame.identity())
-    info = frame.info
-    p = Path(info.path)
-    size, mtime = 0, 0.0
-    try:
-        if p.is_dir():
-            for f in p.rglob("*"):
-                if f.is_file():
-                    st = f.stat()
-                    size += st.st_size
-                    mtime = max(mtime, st.st_mtime)
-        else:
-            st = p.stat()
-            size, mtime = st.st_size, st.st_mtime
-    except OSError as e:
-        raise PipelineError(f"--input {p}: cannot read it ({e.strerror or e})") from None
-    header = json.dumps(info.header, sort_keys=True, default=str) if info.header is not None else ""
-    return {"path": str(p.resolve()), "kind": info.kind, "size": size, "mtime": mtime,
-            "shape": list(info.shape), "dtype": str(info.dtype),
-            "header_sha256": hashlib.sha256(header.encode()).hexdigest() if header else None}
 
 
 def _versions() -> dict:
@@ -167,12 +140,10 @@ class RoutePlugin(_WorkerPluginBase):
 
 
 def _warm(route) -> None:
-    """Load what a route needs once per process: a model route's checkpoint, on the process's device, into
-    :mod:`pipelines.routes.model`'s per-process cache (keyed by the checkpoint's SHA-256)."""
-    load = getattr(route, "load", None)
-    if callable(load):
-        load()
-    elif getattr(route, "sha256", None) and getattr(route, "path", None):
+    """Load a model route's checkpoint once per process, on the process's device, into
+    :mod:`pipelines.routes.model`'s per-process cache (keyed by the checkpoint's SHA-256); other routes need
+    nothing."""
+    if getattr(route, "sha256", None) and getattr(route, "path", None):
         from .routes.model import loaded_model, resolve_device
 
         loaded_model(route.path, route.sha256, resolve_device(route.device))
@@ -456,7 +427,7 @@ def run(route, frame, out, *, tile: int = 1024, origin=None, scheduler: str | No
     # frame-wide statistics (normalisation...), once per frame before any tile; the lens field checked there
     qc_lens = _qc_lens(route, qc, qc_lens, (H, W), origin)
     stats = [_jsonable(route.prepare(frame, n, origin=origin)) for n in range(n_frames)]
-    record = {"route": _jsonable(route.identity()), "route_name": route.name, "input": input_identity(frame),
+    record = {"route": _jsonable(route.identity()), "route_name": route.name, "input": _jsonable(frame.identity()),
               "tile": tile, "halo": int(route.halo), "align": int(getattr(route, "align", 1)),
               "origin": list(origin), "group": group, "nan_policy": nan_policy, "nan": _jsonable(nan), "stats": stats,
               "versions": _versions()}

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import PipelineError
 
-__all__ = ["Tile", "TileGrid", "seam_score", "axis_reads", "stack_order", "whole_number"]
+__all__ = ["Tile", "TileGrid", "seam_score", "axis_reads", "whole_number"]
 
 
 def whole_number(name: str, v, lo: int) -> int:
@@ -193,20 +193,6 @@ class TileGrid:
     def __repr__(self) -> str:
         return (f"TileGrid(frame_shape={self.frame_shape}, tile={self.tile}, halo={self.halo}, align={self.align}: "
                 f"{self.grid[0]} x {self.grid[1]} tiles, read shape {self.read_shape})")
-
-
-def stack_order(grid: TileGrid, n_frames: int):
-    """``(frame index, tile)`` pairs of a stack, window by window: every frame at one tile, then the next tile.
-
-    The order to submit a stack's chunks in: a CoordGate model caches its gates per field window (a bounded
-    LRU of a few windows), so the frames of a stack reuse one tile window's gates while it is still cached.
-    """
-    n = int(n_frames)
-    if n < 1:
-        raise PipelineError(f"n_frames = {n_frames!r}: expected >= 1")
-    for t in grid.tiles:
-        for i in range(n):
-            yield i, t
 
 
 def seam_score(image, tile: int, *, band: int = 4) -> float:

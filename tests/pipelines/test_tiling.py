@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.errors import PipelineError
-from pipelines.tiling import Tile, TileGrid, axis_reads, seam_score, stack_order
+from pipelines.tiling import Tile, TileGrid, axis_reads, seam_score
 
 
 @st.composite
@@ -98,10 +98,3 @@ def test_seam_score_sees_a_seam_and_no_seam():
     assert seam_score(img + offsets, 64) > 1.5
     assert seam_score(img + offsets, 64) > 1.3 * clean
     assert seam_score(img[:60, :60], 64) == 1.0  # no interior border
-
-
-def test_stack_order_is_window_major_and_complete():
-    g = TileGrid((100, 100), tile=40, halo=3)
-    order = list(stack_order(g, 3))
-    assert len(order) == 3 * len(g) and len({(i, t.index) for i, t in order}) == len(order)
-    assert [t.index for _, t in order[:3]] == [(0, 0)] * 3 and [i for i, _ in order[:4]] == [0, 1, 2, 0]
