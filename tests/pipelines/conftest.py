@@ -84,3 +84,23 @@ def checkpoints(tmp_path_factory, pl_lens):
                                           normalisation=Normalisation("source_region_max", 8, 0.0, 1.0),
                                           dataset_identity={"test": "random weights"}, train_args={}, metrics={})
     return out
+
+
+def tiny_lens_toml(name: str) -> str:
+    """The lens file of the command-line tests: a 256 x 256 field, a 17 px box and three Seidel terms."""
+    return f"""name = "{name}"
+[optics]
+wavelength_nm = 520.0
+na = 0.4
+pixel_pitch_um = 0.325
+[field]
+shape_px = [256, 256]
+[psf]
+size_px = 17
+oversample = 2
+max_energy_outside = 0.2
+[seidel]
+W040 = 0.5
+W131 = 0.6
+W222 = 0.4
+"""

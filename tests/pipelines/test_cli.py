@@ -10,23 +10,9 @@ import pytest
 
 from pipelines.cli import main
 
-LENS_TOML = """
-name = "tiny-cli"
-[optics]
-wavelength_nm = 520.0
-na = 0.4
-pixel_pitch_um = 0.325
-[field]
-shape_px = [256, 256]
-[psf]
-size_px = 17
-oversample = 2
-max_energy_outside = 0.2
-[seidel]
-W040 = 0.5
-W131 = 0.6
-W222 = 0.4
-"""
+from .conftest import tiny_lens_toml
+
+LENS_TOML = tiny_lens_toml("tiny-cli")
 
 
 @pytest.fixture(scope="module")

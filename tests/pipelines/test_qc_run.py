@@ -19,25 +19,12 @@ from pipelines.output import open_result
 from pipelines.routes import rl_route, simulate_route, wiener_route
 from pipelines.runner import qc_dir_for, run
 
+from .conftest import tiny_lens_toml
+
 LENS = {"name": "tiny-qc", "optics": {"wavelength_nm": 520.0, "na": 0.4, "pixel_pitch_um": 0.325},
         "field": {"shape_px": [256, 256]}, "psf": {"size_px": 17, "oversample": 2},
         "seidel": {"W040": 0.5, "W131": 0.6, "W222": 0.4}}
-LENS_TOML = """name = "tiny-qc"
-[optics]
-wavelength_nm = 520.0
-na = 0.4
-pixel_pitch_um = 0.325
-[field]
-shape_px = [256, 256]
-[psf]
-size_px = 17
-oversample = 2
-max_energy_outside = 0.2
-[seidel]
-W040 = 0.5
-W131 = 0.6
-W222 = 0.4
-"""
+LENS_TOML = tiny_lens_toml("tiny-qc")
 ORIGIN = (40, 30)  # an off-centre window of the lens field
 SHAPE = (96, 128)
 SIGMA = 0.003
