@@ -171,7 +171,7 @@ class WienerRoute:
         self._psf = None
 
     def psf(self) -> np.ndarray:
-        """The global filter's PSF: on the optical axis (psfsim.restore.reference_psf, ``which="axis"``)."""
+        """The global filter's PSF: psfsim.restore.reference_psf(which="axis"), the on-axis PSF (the frame centre's when the axis lies off the lens's frame)."""
         if self._psf is None:
             from psfsim.restore import reference_psf
 

@@ -29,20 +29,10 @@ class SampleContext:
         self.lens, self.source = validate_spec(spec)
         self.basis = lowrank_basis(self.lens, tol=spec.tol)
         self.noise = NoiseModel(spec.photons, spec.read_noise)
-        self.psf_axis = baseline_psf(self.lens)
+        from ..restore import reference_psf
+
+        self.psf_axis = reference_psf(self.lens, origin=(0, 0), shape=(1, 1), which="axis")
         self.margin = self.lens.psf_sampling.size_px // 2
-
-
-def baseline_psf(lens) -> np.ndarray:
-    """The one PSF of the global Wiener baseline, ``(k, k)`` float64 summing to 1: the on-axis PSF when the
-    optical axis lies on the frame, else the PSF at the frame's centre (an off-axis detector of a wide-field
-    telescope; a tabulated lens need not describe the axis at all)."""
-    from ..restore import reference_psf
-
-    h, w = lens.field.shape_px
-    r0, c0 = lens.field.axis_px
-    on_frame = 0 <= r0 <= h - 1 and 0 <= c0 <= w - 1
-    return reference_psf(lens, origin=(0, 0), shape=(h, w), which="axis" if on_frame else "centre")
 
 
 @dataclass(frozen=True)

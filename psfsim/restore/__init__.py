@@ -9,13 +9,21 @@ __all__ = ["wiener", "sv_wiener", "richardson_lucy", "RLResult", "estimate_noise
 
 def reference_psf(lens, *, origin, shape, which: str = "axis"):
     """The single PSF for a global Wiener filter of a window: on the optical axis (``"axis"``), at the window's
-    centre (``"centre"``), or the average over a 5 x 5 grid of the window (``"mean"``)."""
+    centre (``"centre"``), or the average over a 5 x 5 grid of the window (``"mean"``).
+
+    ``"axis"`` is the lens's reference PSF, the same for every window: the on-axis PSF when the optical axis
+    lies on the lens's frame, else the PSF at the frame's centre (an off-axis detector of a wide-field
+    telescope, whose model, a tabulated lens for instance, need not describe the axis at all)."""
     import numpy as np
 
     from ..errors import PsfsimError
 
     if which == "axis":
-        return lens.psf(0.0, 0.0, allow_outside=True)  # the axis may lie off the detector (off-axis frames)
+        fh, fw = lens.field.shape_px
+        ar, ac = lens.field.axis_px
+        if 0 <= ar <= fh - 1 and 0 <= ac <= fw - 1:
+            return lens.psf(0.0, 0.0)
+        origin, shape, which = (0, 0), (fh, fw), "centre"
     r0, c0 = origin
     h, w = shape
     if which == "centre":

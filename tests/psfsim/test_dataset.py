@@ -256,12 +256,15 @@ def test_bad_seed_or_split_leaves_nothing(small_lens, tmp_path, kw, msg):
 
 def test_off_axis_frame_baseline_uses_the_frame_centre_psf():
     """A detector whose optical axis lies far off the frame (a wide-field telescope's outer detector): the
-    global Wiener baseline takes the frame centre's PSF (reference: the lens's own PSF at that field point),
-    and an on-axis frame keeps the axis PSF."""
+    global Wiener baseline (the store's and pipelines' ``reference_psf(which="axis")``) takes the frame centre's
+    PSF (reference: the lens's own PSF at that field point), and an on-axis frame keeps the axis PSF."""
     import numpy as np
 
     from psfsim import lens_from_dict
-    from psfsim.dataset.sample import baseline_psf
+    from psfsim.restore import reference_psf
+
+    def baseline_psf(lens):
+        return reference_psf(lens, origin=(0, 0), shape=(1, 1), which="axis")
 
     from .conftest import BASE
     import copy
