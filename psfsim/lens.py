@@ -243,6 +243,14 @@ class FieldGeometry:
         x1, y1 = self.pixel_to_field(h - 0.5, w - 0.5)
         return (float(x0), float(x1)), (float(y0), float(y1))
 
+    @property
+    def max_radius(self) -> float:
+        """The largest field radius of the frame's pixels (a corner pixel's centre): the outer edge of radial
+        statistics (PSNR against field radius)."""
+        h, w = self.shape_px
+        x, y = self.pixel_to_field(np.array([0, 0, h - 1, h - 1]), np.array([0, w - 1, 0, w - 1]))
+        return float(np.max(np.hypot(x, y)))
+
     def extent_text(self) -> str:
         """The field's extent for messages: ``x in [a, b], y in [c, d] (the H x W px frame)``."""
         (x0, x1), (y0, y1) = self.extent()

@@ -160,16 +160,6 @@ def _check_out(out, overwrite: bool) -> Path:
     return out
 
 
-def _field_rmax(lens) -> float:
-    """Largest field radius of the frame (its corner pixels)."""
-    import psfsim
-
-    H, W = lens.field.shape_px
-    rs = [float(np.hypot(*psfsim.field_coords(lens, origin=o, shape=(1, 1)).ravel()))
-          for o in ((0, 0), (0, W - 1), (H - 1, 0), (H - 1, W - 1))]
-    return max(rs)
-
-
 def _crop_at(shape, pix, s) -> tuple[slice, slice]:
     """An ``s x s`` window inside ``shape`` holding pixel ``pix``, as central as the borders allow."""
     h, w = shape
@@ -227,7 +217,7 @@ def evaluate_model(model: torch.nn.Module, info: CheckpointInfo, data, out, *, d
     # every store image rides along as an input channel: the model gets the first cin of them
     ds = StoreDataset(data, split="test", crop=None, arrays_in=("blurred", "wiener", "wiener_sv"))
     check_store_matches(info, ds)
-    edges = metrics.radial_edges(int(bins), _field_rmax(ds.lens))
+    edges = metrics.radial_edges(int(bins), ds.lens.field.max_radius)
     nb = len(edges) - 1
     per = {m: {"psnr": [], "ssim": []} for m in METHODS}
     sse = {m: np.zeros(nb) for m in METHODS}

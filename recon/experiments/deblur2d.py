@@ -258,11 +258,10 @@ def _baselines_unit(reader, examples: list[int], s: dict, out_npz: Path) -> dict
     from psfsim.store import atomic_file
 
     from .. import metrics
-    from ..evaluate import _field_rmax
     from .deblur2d_baselines import score_baselines
 
     t = time.perf_counter()
-    edges = metrics.radial_edges(8, _field_rmax(reader.lens))
+    edges = metrics.radial_edges(8, reader.lens.field.max_radius)
     rec, imgs = score_baselines(reader, edges, iters=s["rl_iters"], keep=examples)
     with atomic_file(out_npz) as tmp:
         with open(tmp, "wb") as f:

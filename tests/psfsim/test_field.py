@@ -54,3 +54,25 @@ def test_grid_positions_one_rule():
     np.testing.assert_array_equal(grid_positions(1, 101), [50.0])
     with pytest.raises(psfsim.PsfsimError):
         grid_positions(0, 10)
+
+
+def test_max_radius_is_the_corner_pixels_field_radius():
+    """FieldGeometry.max_radius against field_coords of the four corner pixels (brute force), centred and
+    off-centre axes."""
+    import copy
+
+    import numpy as np
+
+    import psfsim
+
+    from .conftest import BASE
+
+    for axis in (None, [10.0, 200.0]):
+        d = copy.deepcopy(BASE)
+        if axis:
+            d["field"]["axis_px"] = axis
+        lens = psfsim.lens_from_dict(d)
+        H, W = lens.field.shape_px
+        want = max(float(np.hypot(*psfsim.field_coords(lens, origin=o, shape=(1, 1)).ravel()))
+                   for o in ((0, 0), (0, W - 1), (H - 1, 0), (H - 1, W - 1)))
+        assert lens.field.max_radius == pytest.approx(want, rel=1e-12)
