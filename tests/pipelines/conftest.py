@@ -82,7 +82,8 @@ def checkpoints(tmp_path_factory, pl_lens):
                     m.weight.mul_(2.5)
         out[name] = recon.save_checkpoint(folder / f"{name}.pt", model, lens=pl_lens,
                                           normalisation=Normalisation("source_region_max", 8, 0.0, 1.0),
-                                          dataset_identity={"test": "random weights"}, train_args={}, metrics={})
+                                          dataset_identity={"test": "random weights"}, train_args={}, metrics={},
+                                          input_peak=1.0)
     return out
 
 
