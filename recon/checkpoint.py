@@ -73,6 +73,13 @@ def _plain(v, where: str):
                      "(dict, list, tuple, str, int, float, bool, None, tensors)")
 
 
+def _checked_peak(v, what: str) -> float:
+    """``v`` as a finite float > 0 (the typical input peak), or a ReconError ``what = v: expected ...``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not (np.isfinite(v) and v > 0):
+        raise ReconError(f"{what} = {v!r}: expected a finite number > 0")
+    return float(v)
+
+
 def save_checkpoint(path, model: torch.nn.Module, *, lens, normalisation, dataset_identity: dict, train_args: dict,
                     metrics: dict, extra: dict | None = None, input_peak: float | None = None) -> pathlib.Path:
     """Write ``model`` and its provenance to ``path`` atomically (temporary file + rename).
@@ -99,10 +106,7 @@ def save_checkpoint(path, model: torch.nn.Module, *, lens, normalisation, datase
     lens_d = lens.to_dict() if hasattr(lens, "to_dict") else lens
     norm = asdict(normalisation) if is_dataclass(normalisation) else normalisation
     if input_peak is not None:
-        if isinstance(input_peak, bool) or not (isinstance(input_peak, (int, float, np.floating))
-                                                and np.isfinite(input_peak) and input_peak > 0):
-            raise ReconError(f"input_peak = {input_peak!r}: expected a finite number > 0")
-        norm = {**dict(norm), "input_peak": float(input_peak)}
+        norm = {**dict(norm), "input_peak": _checked_peak(input_peak, "input_peak")}
     ckpt = {"format": FORMAT, "version": __version__, "model_config": _plain(dict(config), "model_config"),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "lens": _plain(lens_d, "lens"), "normalisation": _plain(norm, "normalisation"),
@@ -214,13 +218,7 @@ def _info(p, ckpt: dict) -> CheckpointInfo:
                       "the model's input in training): taken as 1, so a frame's robust maximum maps to 1, which may "
                       "not be the scale the model was trained at; retrain to record it", UserWarning, stacklevel=3)
         peak = 1.0
-    try:
-        peak = float(peak)
-        if not (np.isfinite(peak) and peak > 0):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ReconError(f"checkpoint {p}: normalisation input_peak = {n.get('input_peak')!r}: expected a finite "
-                         "number > 0") from None
+    peak = _checked_peak(peak, f"checkpoint {p}: normalisation input_peak")
     return CheckpointInfo(path=str(p), model_config=dict(ckpt["model_config"]), lens=lens, normalisation=norm,
                           dataset=dict(ckpt["dataset"]), train_args=dict(ckpt["train_args"]),
                           metrics=dict(ckpt["metrics"]), version=str(ckpt["version"]), format=str(ckpt["format"]),

@@ -502,7 +502,7 @@ def _positive(name, v, lo=1, hi=None):
 
 
 def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = True, device: str = "auto",
-        seeds: int | None = None, kernel: int | None = None, workers: int | None = None, **unused) -> Conv1dResult:
+        seeds: int | None = None, kernel: int | None = None, workers: int | None = None) -> Conv1dResult:
     """Run (or resume) the experiment into ``out``; see the module docstring. Returns :class:`Conv1dResult`."""
     from ..evaluate import resolve_device
 
@@ -573,8 +573,7 @@ def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = T
         log("conv1d: inference times measured")
     else:
         reused.append("timing")
-    res = _report(exp, specs, settings, computed, reused, 0.0)
-    res.seconds = time.perf_counter() - t_start
+    res = _report(exp, specs, settings, computed, reused, time.perf_counter() - t_start)
     return res
 
 

@@ -42,6 +42,7 @@ seed: a re-run skips finished units).
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -160,7 +161,9 @@ def _unit(variant: str, key: str, seed: int) -> str:
     return f"{variant}/{key}/seed{seed}"
 
 
+@functools.lru_cache(maxsize=4)
 def _test_set(variant: str, n: int):
+    """The seeded test images of ``variant`` (built once per process: every unit and figure reads them)."""
     g = torch.Generator().manual_seed(TEST_SEED + VARIANTS.index(variant))
     return sad_batch(n, generator=g, variant=variant, **DATA)
 
@@ -185,10 +188,12 @@ def _predict(model, x, device, chunk: int = 16) -> torch.Tensor:
 
 
 def _errors(pred, y, mask) -> dict:
-    err = (pred - y).abs()
-    mse = float((pred - y).square().mean())
+    from ..metrics import psnr_from_mse
+
+    d = pred - y
+    err = d.abs()
     return {"l1": float(err.mean()), "l1_squares": float(err[mask].mean()), "l1_outside": float(err[~mask].mean()),
-            "psnr_db": 10 * math.log10(1.0 / max(mse, 1e-12))}
+            "psnr_db": psnr_from_mse(float(d.square().mean()))}
 
 
 def pafu_kernels(model) -> dict:

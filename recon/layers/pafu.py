@@ -44,10 +44,12 @@ from ..errors import ReconError
 __all__ = ["PAFU"]
 
 
-def _whole(name: str, v, lo: int, *, odd: bool = False) -> int:
+def _whole(name: str, v, lo: int, hi: int | None = None, *, odd: bool = False) -> int:
+    """``v`` as an int in ``lo..hi`` (odd if asked), or a ReconError naming ``name`` and the range."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v or v < lo \
-            or (odd and int(v) % 2 == 0):
-        kind = f"an odd whole number >= {lo} (same padding)" if odd else f"a whole number >= {lo}"
+            or (hi is not None and v > hi) or (odd and int(v) % 2 == 0):
+        rng = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+        kind = f"an odd whole number {rng} (same padding)" if odd else f"a whole number {rng}"
         raise ReconError(f"{name} = {v!r}: expected {kind}")
     return int(v)
 

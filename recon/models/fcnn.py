@@ -25,17 +25,9 @@ import torch.nn.functional as F
 from ..coords import check_coords
 from ..errors import ReconError
 from ..layers import PAFU, CoordGate
+from ..layers.pafu import _whole
 
 __all__ = ["FCNN", "CoordGateFCNN", "PAFUNet"]
-
-
-def _whole(name, v, lo, hi=None, *, odd=False) -> int:
-    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < lo or (hi is not None and v > hi)
-    if bad or (odd and int(v) % 2 == 0):
-        rng = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ReconError(f"{name} = {v!r}: expected {'an odd' if odd else 'a'} whole number {rng}"
-                         + (" (same padding)" if odd else ""))
-    return int(v)
 
 
 class _Base(nn.Module):
@@ -45,6 +37,11 @@ class _Base(nn.Module):
     def _check_x(self, x):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ReconError(f"x of shape {tuple(getattr(x, 'shape', ()))}: expected (B, {self.in_channels}, H, W)")
+
+    @property
+    def halo(self) -> int:
+        """One-sided reach in pixels: ``L (k - 1) / 2`` (``L`` same-padded ``k x k`` convolutions)."""
+        return self.L * (self.k // 2)
 
     @property
     def receptive_field(self) -> int:
@@ -91,11 +88,6 @@ class FCNN(_Base):
         widths = [self.in_channels] + [self.c] * (self.L - 1) + [self.out_channels]
         self.convs = nn.ModuleList(nn.Conv2d(a, b, self.k, padding=self.k // 2) for a, b in zip(widths[:-1], widths[1:]))
 
-    @property
-    def halo(self) -> int:
-        """One-sided reach in pixels: ``L (k - 1) / 2``."""
-        return self.L * (self.k // 2)
-
     def forward(self, x: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
         self._check_x(x)
         y = x
@@ -136,10 +128,6 @@ class CoordGateFCNN(_Base):
                       gate_activation=gate_activation, dims=2)
             for a, b in zip(widths[:-1], widths[1:]))
         self.last = nn.Conv2d(self.c, self.out_channels, self.k, padding=self.k // 2)
-
-    @property
-    def halo(self) -> int:
-        return self.L * (self.k // 2)
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         self._check_x(x)
