@@ -189,6 +189,17 @@ def _meta(path) -> dict | None:
     return None
 
 
+def current_run_id(path) -> str | None:
+    """The run id the store at ``path`` records now, read from its group metadata file on every call (a zarr
+    group handle caches its attributes, so it cannot see another run take the store over); ``None`` when the
+    file or the record is missing or unreadable."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())["attributes"]["pipelines"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta.get("run_id") if isinstance(meta, dict) else None
+
+
 class OutputStore:
     """The output of one run, written chunk by chunk (see the module docstring for the layout).
 
@@ -377,8 +388,7 @@ class OutputStore:
         return self._arrays
 
     def _check_run(self) -> None:
-        meta = _open_group(self.path).attrs.get("pipelines")
-        if not isinstance(meta, dict) or meta.get("run_id") != self.run_id:
+        if current_run_id(self.path) != self.run_id:
             raise PipelineError(f"{self.path}: the store was replaced or taken over by another run while this one "
                                 "was writing it; this run stops without writing (run it again)")
 

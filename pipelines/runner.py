@@ -168,7 +168,7 @@ def _compute_chunks(key: str, frame, store, tiles: list, index: int, origin: tup
     micro-batch), write each tile's output chunk (chunk-aligned) and mark it done.
 
     Non-finite input pixels are the route's to fill and re-mask (:func:`pipelines.routes.base.fill_block`).
-    Returns the chunk indices written, this process's peak RSS (MiB) and its PID, for the summary.
+    Returns the chunk indices written.
     """
     route = _ROUTES.get(key)
     if route is None:  # pragma: no cover - a plugin not set up: a bug, never silently another route
@@ -180,7 +180,7 @@ def _compute_chunks(key: str, frame, store, tiles: list, index: int, origin: tup
         idx = (index, *t.index) if stack else tuple(t.index)
         store.write_chunk(idx, np.ascontiguousarray(y[t.inner], dtype=np.float32))
         done.append(idx)
-    return done, peak_rss_mib(), os.getpid()
+    return done
 
 
 # -- the result ----------------------------------------------------------------------------------------------
@@ -491,11 +491,10 @@ def _groups(todo: list, group: int) -> list[tuple[list[int], list]]:
 
 def _compute_window(key: str, frame, store, tiles: list, indices: list[int], origin, stats: list, stack: bool):
     """One task: the run of ``tiles`` in every frame of ``indices`` (:func:`_compute_chunks` frame after frame)."""
-    done, pid = [], os.getpid()
+    done = []
     for n in indices:
-        d, _rss, pid = _compute_chunks(key, frame, store, tiles, n, origin, stats[n], stack)
-        done += d
-    return done, peak_rss_mib(), pid
+        done += _compute_chunks(key, frame, store, tiles, n, origin, stats[n], stack)
+    return done, peak_rss_mib(), os.getpid()
 
 
 def _execute(client, route, key, frame, store, todo, origin, stats, stack, total, *, progress, retries,
@@ -665,10 +664,11 @@ def _qc_chunks(lens, frame, path: str, run_id: str, shape, chunks, indices: list
                stack: bool) -> tuple:
     """One QC task: for each chunk, the result's chunk plus a halo of ``k // 2`` read back from the store, blurred
     by psfsim's fast operator of that window, minus the input's same region; the chunk's residual, its partial
-    sums (over the chunk less the frame's ``border``), then its flag. Returns as :func:`_compute_chunks`."""
+    sums (over the chunk less the frame's ``border``), then its flag. Returns as :func:`_compute_window`: chunks, peak RSS (MiB), PID."""
     import zarr
 
     from .qc import chunk_stats, residual_block
+    from .output import current_run_id
 
     g = zarr.open_group(str(path), mode="r+", zarr_format=3, use_consolidated=False)
     est, res, st, done = g["0"], g["qc/residual"], g["qc/stats"], g["qc/done"]
@@ -687,7 +687,7 @@ def _qc_chunks(lens, frame, path: str, run_id: str, shape, chunks, indices: list
         sr0, sr1, sc0, sc1 = max(r0, border), min(r1, H - border), max(c0, border), min(c1, W - border)
         inner = (slice(sr0 - wr0, max(sr0, sr1) - wr0), slice(sc0 - wc0, max(sc0, sc1) - wc0))
         vec = chunk_stats(r[inner], y[inner])
-        if g.attrs.get("pipelines", {}).get("run_id") != run_id:
+        if current_run_id(path) != run_id:
             raise PipelineError(f"{path}: the store was taken over by another run during its QC; this run stops")
         core = r[r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
         res[lead + (slice(r0, r1), slice(c0, c1))] = core  # an integer frame index: a 2-D selection

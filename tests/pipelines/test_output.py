@@ -326,3 +326,18 @@ def test_export_tiff_and_refusals(tmp_path):
     with pytest.raises(PipelineError, match=r"chunk \(1, 0, 1\) differs from its recorded digest"):
         export(out, tmp_path / "y.tif")
     assert not (tmp_path / "y.tif").exists()
+
+
+def test_current_run_id_sees_a_takeover_that_an_open_group_handle_does_not(tmp_path):
+    """The check a writer makes before each chunk and flag reads the record from disk, so it sees another handle
+    rewrite the run id (a zarr group opened earlier keeps its cached attributes and would not)."""
+    import zarr
+
+    from pipelines.output import current_run_id
+
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    g.attrs["pipelines"] = {"run_id": "a"}
+    other = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+", zarr_format=3, use_consolidated=False)
+    other.attrs["pipelines"] = {"run_id": "b"}
+    assert current_run_id(tmp_path / "s.zarr") == "b"
+    assert current_run_id(tmp_path / "missing.zarr") is None
