@@ -419,13 +419,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     start = load_avg()
     print(f"bench_peers: deepinv {deepinv_mod.__version__} (torchvision: benchmark shim), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), numpy {np.__version__}, psfsim from {Path(psfsim.__file__).parent}")
+          f"({torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
+          f"numpy {np.__version__}, psfsim from {Path(psfsim.__file__).parent}")
     print(f"load average at start: {start}; {os.cpu_count()} CPUs; times in ms, best of {args.rounds} interleaved "
           f"rounds; errors vs exact on the {args.crop}^2 crop at (0, 0): point lattice / camera image")
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         print("WARNING: the load is above the core count: torch's OpenMP/MKL threads (deepinv) lose more than our "
-              "FFTW threads to oversubscription, which biases the ratios toward ours; rerun on a quieter machine "
-              "or compare with --threads 1")
+              "FFTW threads to oversubscription, which biases the ratios toward ours; rerun on a quieter machine, "
+              "compare with --threads 1, or set OMP_WAIT_POLICY=PASSIVE")
     rows = []
     for name in args.presets:
         rows += bench_preset(name, args, SpaceVaryingBlur)
