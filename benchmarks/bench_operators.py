@@ -10,11 +10,8 @@ Prints, for the ``microscope`` preset and a test image (scikit-image's ``camera`
 2. exact vs fast on a 256 x 256 crop at origin (0, 0), where the blur is strongest (the exact operator
    computes one PSF per pixel: about 45 s to build on 2 cores; ``--crop`` changes the size): build and
    apply times, speed-ups, and the relative L2 error of fast vs exact;
-3. peers at equal error, on the same eigen-PSFs and PSF grid: deepinv's ``SpaceVaryingBlur`` when it can be
-   imported (it is not a dependency), and always a re-implementation of its algorithm (K full-size
-   ``scipy.signal.fftconvolve`` calls); error vs exact on the crop, speed ratio on the frame (target: ours
-   at least 5x faster at equal or lower error). deepinv 0.5.0 installed with ``pip install --no-deps`` does
-   not import without its own dependencies (its ``__init__`` imports torchvision), hence the fallback;
+3. peers: the real deepinv ``SpaceVaryingBlur`` is compared in ``benchmarks/bench_peers.py`` (deepinv needs its
+   own venv: ``benchmarks/peers/README.md``); a re-implementation of a peer's algorithm is not a peer figure;
 4. Wiener on the frame: ``psfsim.restore.wiener`` (periodic, Laplacian: skimage's model; and the default
    gradient / reflect) vs ``skimage.restoration.wiener``, with the max abs difference (target: >= 2x with our defaults, issue 9);
 5. torch fast blur (``psfsim.torch_blur``) forward + backward throughput, batch 16 x 1 x 256 x 256 float32, all
@@ -172,113 +169,6 @@ def bench_exact(lens, crop: int, nrep: int, t_basis: float):
           f"x{(t_ex_build + t_ex_apply) / (t_fast_build + t_fast_apply):.0f}")
     print(f"relative L2 error of fast vs exact: {100 * err:.3f} % (design tolerance 1 %)")
     return fast, img, ref, err
-
-
-# ----------------------------------------------------------------------------------------------- 3. peers
-
-
-def scipy_product_convolution(weights, eigen_psfs):
-    """deepinv's algorithm re-implemented: ``sum_k fftconvolve(w_k * m, e_k, "same")``, K full convolutions."""
-    from scipy.signal import fftconvolve
-
-    e = eigen_psfs.astype(np.float32)
-
-    def apply(m):
-        return sum(fftconvolve(w * m, ek, mode="same") for w, ek in zip(weights, e))
-
-    return apply
-
-
-def import_deepinv():
-    """``(SpaceVaryingBlur, None)`` if deepinv imports, else ``(None, reason)``."""
-    try:
-        from deepinv.physics import SpaceVaryingBlur
-    except Exception as exc:  # ImportError, or a failure inside its import chain
-        return None, f"{type(exc).__name__}: {exc}"
-    return SpaceVaryingBlur, None
-
-
-def deepinv_product_convolution(SpaceVaryingBlur, weights, eigen_psfs, use_fft: bool):
-    """deepinv's ``SpaceVaryingBlur`` (zero boundary, same-size output) with our multipliers and eigen-PSFs."""
-    import torch
-
-    phys = SpaceVaryingBlur(filters=torch.from_numpy(eigen_psfs.astype(np.float32))[None, None],
-                            multipliers=torch.from_numpy(np.ascontiguousarray(weights, np.float32))[None, None],
-                            padding="constant", use_fft=use_fft)
-
-    def apply(m):
-        with torch.no_grad():
-            return phys.A(torch.from_numpy(m)[None, None])[0, 0].numpy()
-
-    return apply
-
-
-def deepinv_tps_weights(basis, origin, shape):
-    """deepinv's own multipliers: thin-plate-spline interpolation (its ``ProductConvolutionBlurGenerator``) of the
-    eigen-PSF coefficients on our PSF grid, coordinates scaled to [0, 1] over the frame."""
-    import torch
-    from deepinv.physics.functional.interp import ThinPlateSpline
-
-    H, W = basis.lens.field.shape_px
-    rr, cc = np.meshgrid(basis.rows / (H - 1), basis.cols / (W - 1), indexing="ij")
-    nodes = torch.tensor(np.stack([rr.ravel(), cc.ravel()], 1), dtype=torch.float32)
-    coeffs = torch.tensor(basis.coeffs.reshape(-1, basis.rank), dtype=torch.float32)[None, None]
-    r = (origin[0] + np.arange(shape[0])) / (H - 1)
-    c = (origin[1] + np.arange(shape[1])) / (W - 1)
-    pr, pc = np.meshgrid(r, c, indexing="ij")
-    pix = torch.tensor(np.stack([pr.ravel(), pc.ravel()], 1), dtype=torch.float32)
-    w = ThinPlateSpline(0.0).fit(nodes, coeffs).transform(pix)[0, 0]  # (h * w, K)
-    return w.T.reshape(basis.rank, *shape).numpy()
-
-
-ROW = "{:<46s} {:>10s} {:>11s} {:>11s} {:>10s} {:>11s}  {}"
-
-
-def peer_row(label, apply_crop, apply_frame, crop_img, ref, frame_img, ours, nrep_crop, nrep_frame):
-    """Time a peer on the crop and the frame; print its error vs exact and the speed ratios to ours."""
-    err = rel_err(apply_crop(crop_img), ref)
-    t_crop = best_of(lambda: apply_crop(crop_img), nrep_crop)
-    t_frame = best_of(lambda: apply_frame(frame_img), nrep_frame)
-    (err0, t0_crop, t0_frame) = ours
-    ok = t_frame >= 5 * t0_frame and err0 <= err * (1 + 1e-3)
-    print(ROW.format(label, f"{100 * err:.3f} %", f"{1e3 * t_crop:.2f} ms", f"{1e3 * t_frame:.1f} ms",
-                     f"x{t_crop / t0_crop:.1f}", f"x{t_frame / t0_frame:.1f}", verdict(ok)))
-
-
-def bench_peers(frame_op, frame_img, fast, crop_img, ref, err0, nrep):
-    n, crop, K = frame_op.shape[0], fast.shape[0], fast.rank
-    header(f"3. peers at equal error: same eigen-PSFs (K = {K}) and PSF grid; error vs exact on the {crop} crop, "
-           f"speed on the {n} frame")
-    SpaceVaryingBlur, why = import_deepinv()
-    if SpaceVaryingBlur is None:
-        print(f"deepinv: not available ({why}); compared with a re-implementation of its algorithm only")
-    eig = fast.basis.eigen_psfs
-    peers = [("re-impl. of deepinv: K x scipy fftconvolve",
-              scipy_product_convolution(fast.maps(), eig), scipy_product_convolution(frame_op.maps(), eig))]
-    if SpaceVaryingBlur is not None:
-        import deepinv
-
-        for use_fft in (True, False):
-            peers.append((f"deepinv {deepinv.__version__} SpaceVaryingBlur use_fft={use_fft}",
-                          deepinv_product_convolution(SpaceVaryingBlur, fast.maps(), eig, use_fft),
-                          deepinv_product_convolution(SpaceVaryingBlur, frame_op.maps(), eig, use_fft)))
-    t0_crop = best_of(lambda: fast(crop_img), 2 * nrep)
-    t0_frame = best_of(lambda: frame_op(frame_img), nrep)
-    ours = (err0, t0_crop, t0_frame)
-    print(ROW.format("operator", "err", "crop", "frame", "crop/ours", "frame/ours", "target: frame/ours >= 5x"))
-    print(ROW.format("psfsim fast (ours)", f"{100 * err0:.3f} %", f"{1e3 * t0_crop:.2f} ms", f"{1e3 * t0_frame:.1f} ms",
-                     "", "", "").rstrip())
-    for label, apply_crop, apply_frame in peers:
-        peer_row(label, apply_crop, apply_frame, crop_img, ref, frame_img, ours, 2 * nrep, max(1, nrep // 2))
-    if SpaceVaryingBlur is not None:
-        tps = deepinv_product_convolution(SpaceVaryingBlur, deepinv_tps_weights(fast.basis, fast.origin, fast.shape),
-                                          eig, True)
-        print(f"deepinv with its own thin-plate-spline multipliers on the same grid: error vs exact "
-              f"{100 * rel_err(tps(crop_img), ref):.3f} % (same convolutions, so same speed as use_fft=True)")
-    print("(the peers use our multipliers and eigen-PSFs, so their error is ours up to float32 rounding: the "
-          "comparison is of the implementation)")
-    print(f"(transforms per apply at the padded size: ours K rfft2 + 1 irfft2 = {K + 1}; an FFT convolution per "
-          f"eigen-PSF, image + kernel + inverse = {3 * K}: x{3 * K / (K + 1):.2f} at equal FFT speed and threads)")
 
 
 # ---------------------------------------------------------------------------------------------- 4. Wiener
@@ -510,7 +400,8 @@ def main(argv=None):
         lens = psfsim.load_lens(LENS)
         frame_op, frame_img, t_basis = bench_frame(lens, frame, nrep)
         fast, crop_img, ref, err = bench_exact(lens, crop, nrep, t_basis)  # the exact operator's PSFs are freed
-        bench_peers(frame_op, frame_img, fast, crop_img, ref, err, nrep)
+        header("3. peers: the real deepinv SpaceVaryingBlur at equal error and threads is benchmarks/bench_peers.py "
+               "(its own venv: benchmarks/peers/README.md)")
         bench_wiener(lens, frame_img, nrep)
         bench_torch(lens, 16 if not args.quick else 4, 256, nrep)
         if not args.quick:
