@@ -221,6 +221,21 @@ def make_ours(lens, *, shape, origin, threads, options):
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def embedded(op):
+    """``x (h, w) -> y (h, w)``: the window operator applied to ``x`` placed at its top-left corner (zero elsewhere),
+    cut to that corner. For a window at the frame's origin this is the linear map of an operator built for the
+    corner window (zero boundary both ways), but computed by the window's own operator: a tile-local operator is
+    judged with the block layout and per-block ranks it really uses on the window."""
+    import numpy as np
+
+    def apply(x):
+        big = np.zeros(op.shape, np.float32)
+        big[: x.shape[0], : x.shape[1]] = x
+        return op(big)[: x.shape[0], : x.shape[1]]
+
+    return apply
+
+
 def label(options) -> str:
     return "ours" + (f"[{','.join(f'{k}={v}' for k, v in options.items())}]" if options else "")
 
@@ -304,12 +319,17 @@ def bench_preset(name, args, SpaceVaryingBlur):
         if op is None:
             print(f"{label(opts)}: make_operator rejected these options ({why}); row skipped")
             continue
-        small = [make_ours(lens, shape=s, origin=(0, 0), threads=args.threads, options=opts) if s[0] else (None, None)
-                 for s in (crop, img_crop)]
+        if tuple(origin) == (0, 0):  # the error windows are the window's own corner: judge the window's operator
+            small = [(embedded(op), None), (embedded(op) if img_crop[0] else None, None)]
+        else:
+            small = [make_ours(lens, shape=s, origin=(0, 0), threads=args.threads, options=opts) if s[0]
+                     else (None, None) for s in (crop, img_crop)]
         if small[0][0] is None or (img_crop[0] and small[1][0] is None):
             print(f"{label(opts)}: make_operator rejected the error windows ({small[0][1] or small[1][1]}); skipped")
             continue
-        print(f"{label(opts)}: K = {getattr(op, 'rank', '?')}, built in {time.perf_counter() - t:.1f} s")
+        ranks = getattr(op, "local_ranks", None)
+        extra = f" (per block: mean {np.mean(ranks):.1f}, max {max(ranks)}, {len(ranks)} blocks)" if ranks else ""
+        print(f"{label(opts)}: K = {getattr(op, 'rank', '?')}{extra}, built in {time.perf_counter() - t:.1f} s")
         if errors is None:
             errors = Errors(lens, crop, img_crop)
         ours.append((label(opts), op, errors(small[0][0], small[1][0])))
@@ -359,8 +379,10 @@ def bench_preset(name, args, SpaceVaryingBlur):
         K_eq = smallest_rank(err)
         if i == 0 and K_eq != base.rank:
             pairs.append((lab, getattr(op, "rank", "?"), "same K, same maps", dinv(base.rank), err))
-        if K_eq is None:
-            print(f"{lab}: no deepinv rank up to {Kmax} reaches its point-source error {100 * err[0]:.3f} %")
+        if K_eq is None:  # ours is more accurate than deepinv at every rank tried: compare with the most accurate
+            print(f"{lab}: no deepinv rank up to {Kmax} reaches its point-source error {100 * err[0]:.3f} %: "
+                  f"compared with deepinv at K = {Kmax} (still less accurate)")
+            pairs.append((lab, getattr(op, "rank", "?"), "lower error (deepinv's max K)", dinv(Kmax), err))
             continue
         same = " = same K, maps" if (i == 0 and K_eq == base.rank) else ""
         pairs.append((lab, getattr(op, "rank", "?"), f"equal error{same}", dinv(K_eq), err))
@@ -393,7 +415,8 @@ def bench_preset(name, args, SpaceVaryingBlur):
         o_f, o_a, d_f, d_a = t[f"{lab} fwd"], t[f"{lab} adj"], t[f"deepinv K={K} fwd"], t[f"deepinv K={K} adj"]
         r = min(d_f / o_f, d_a / o_a)
         goal = 4 if ("local" in lab and name != "microscope") else 2
-        verdict = f">= {goal}x: {'met' if r >= goal else 'MISSED'}" if pairing.startswith("equal") else ""
+        verdict = (f">= {goal}x: {'met' if r >= goal else 'MISSED'}"
+                   if pairing.startswith(("equal", "lower")) else "")
         rows.append(ROW.format(name, f"{lab} vs deepinv, {pairing}", str(K_ours), str(K), f"{1e3 * o_f:.1f}",
                                f"{1e3 * d_f:.1f}", f"x{d_f / o_f:.2f}", f"{1e3 * o_a:.1f}", f"{1e3 * d_a:.1f}",
                                f"x{d_a / o_a:.2f}", fmt_err(err), fmt_err(dinv_err[K]), verdict))
