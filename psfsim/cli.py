@@ -358,14 +358,18 @@ def cmd_wiener(args) -> int:
     lens, loaded, origin, out = _load_window(args)
     image = loaded.data
     frac = _lens_fit(image, lens)
+    from .restore.sv_wiener import DEFAULT_PATCH
+
     if args.sv:
-        res = sv_wiener(image, lens, origin=origin, patch=args.patch, balance=args.balance)
-        how = f"spatially-varying, patch {args.patch}"
+        res = sv_wiener(image, lens, origin=origin, patch=args.patch, balance=args.balance, psfs=args.psfs)
+        how = f"spatially-varying, patch {args.patch or DEFAULT_PATCH}, {args.psfs} PSFs"
     else:
         res = wiener(image, reference_psf(lens, origin=origin, shape=image.shape, which=args.psf), balance=args.balance)
         how = f"global, {args.psf} PSF"
     _write_with_record(out, res, {"command": "wiener", "lens": lens.to_dict(), "origin": list(origin), "sv": args.sv,
-                                  "psf": args.psf, "patch": args.patch, "balance": args.balance,
+                                  "psf": args.psf, "patch": (args.patch or DEFAULT_PATCH) if args.sv else None,
+                                  "psfs": args.psfs if args.sv else None,
+                                  "balance": args.balance,
                                   "out_of_band_fraction": frac}, loaded, args)
     print(f"Wiener ({how}) of {args.input} -> {out}")
     return 0
@@ -465,7 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("wiener", help="Wiener deconvolution (global or spatially-varying)")
     io_args(sp)
     sp.add_argument("--sv", action="store_true", help="spatially-varying (patch-wise local PSFs)")
-    sp.add_argument("--patch", type=int, default=64, help="SV patch size in px (default 64)")
+    sp.add_argument("--patch", type=int, default=None,
+                    help="SV patch size in px (default 256 with 64 px blended overlap; a given size overlaps by half)")
+    sp.add_argument("--psfs", choices=["basis", "exact"], default="basis",
+                    help="SV patches' PSFs: the low-rank basis's (default, fast) or the lens's exact ones")
     sp.add_argument("--psf", choices=["axis", "centre", "mean"], default="axis", help="PSF of the global filter")
     sp.add_argument("--balance", type=float, help="regularisation (default: from the estimated noise)")
     sp.set_defaults(func=cmd_wiener)

@@ -12,10 +12,10 @@
   patch stride (``patch // 2``) so a tile's patches are the frame's, and the halo is ``patch + k`` (a patch
   covering the chunk and its context margin of ``k`` both lie inside the read region). The patches' PSFs are
   by default the low-rank basis's interpolated ones (``psfs="lowrank"``: ``LowRankBasis.psfs_at``, within the
-  basis's 1 % error; psfsim's exact PSFs cost ~25 ms each for the microscope preset, about 40 s for the 1600
-  patches of a 1024 px tile); ``psfs="exact"`` uses psfsim's default (each PSF computed once per process and
-  shared by neighbouring tiles, :func:`cached_psfs`). **The default therefore differs from**
-  :func:`psfsim.sv_wiener`'s **own default (exact PSFs)**: by a max abs of 212 on a range of about 26000 (0.8 %)
+  basis's 1 % error), as :func:`psfsim.sv_wiener`'s own default (``psfs="basis"``); ``psfs="exact"`` uses the
+  lens's exact PSFs (~25 ms each for the microscope preset, about 40 s for the 1600 patches of a 1024 px tile;
+  each computed once per process and shared by neighbouring tiles, :func:`cached_psfs`), as
+  ``psfsim.sv_wiener(..., psfs="exact")``. The two differ by a max abs of 212 on a range of about 26000 (0.8 %)
   on scikit-image's ``hubble_deep_field`` blurred with a 1024 x 1024 field of the test lens (review
   measurement), 3.8e-4 on a range of 0.68 (0.06 %) on the tests' 160 x 224 frame (patch 16). The record says
   which PSFs were used (``psf`` and ``psf_note``).
@@ -41,8 +41,8 @@ from .base import check_call, check_frame_window, fill_block
 __all__ = ["WienerRoute", "RLRoute", "wiener_route", "rl_route", "frame_balance", "wiener_tail", "WIENER_HALO_PSFS"]
 
 #: What the record says of the SV route's default PSFs.
-LOWRANK_NOTE = ("low-rank basis PSFs (LowRankBasis.psfs_at), not psfsim.sv_wiener's default exact PSFs: results "
-                "differ from it by up to about 1 % of the range (psfs='exact' reproduces it)")
+LOWRANK_NOTE = ("low-rank basis PSFs (LowRankBasis.psfs_at), as psfsim.sv_wiener's default psfs='basis': within "
+                "about 1 % of the range of the lens's exact PSFs (psfs='exact')")
 #: Default halo of the global Wiener route, in PSF sizes.
 WIENER_HALO_PSFS = 4
 #: Frames up to this many pixels are read whole to resolve the balance; larger ones by a grid of windows.

@@ -41,11 +41,11 @@ DEFAULT_PATCH = 256
 DEFAULT_OVERLAP = 64
 #: Where the patches' PSFs come from: the low-rank basis or the lens's exact PSFs.
 PSF_SOURCES = ("basis", "exact")
-#: The default source. "basis" measured the same PSNR (27.732 dB both on the 2048^2 benchmark image; max
-#: difference 3e-4 on a corner window) at a fraction of the time once the basis is built (~5-15 s, once per
-#: lens and process); it stays "exact" until pipelines/routes/classical.py and its test, which state
-#: psfsim's default is the exact PSFs, change with it (issue 9).
-DEFAULT_PSFS = "exact"
+#: The default source: "basis" measured the same PSNR as "exact" (27.732 dB both on the 2048^2 benchmark image;
+#: max difference 3e-4 on a corner window) at a fraction of the time once the basis is built (~1-2 s on a quiet
+#: machine, once per lens and process, then cached): SV Wiener at ~2x the global Wiener's time instead of ~9x
+#: (benchmarks/bench_restore.py). The pipelines' SV route uses the same basis PSFs by default.
+DEFAULT_PSFS = "basis"
 #: Fraction of a PSF's energy the context margin must hold (:func:`context_margin`).
 CONTEXT_ENERGY = 0.999
 #: Outer fraction of the context margin over which the tiles are tapered to their mean.

@@ -389,11 +389,10 @@ def test_sv_wiener_route_equals_psfsim(psfs, pl_lens, field_frame):
     assert sv.align == 8 and sv.halo == 16 + 17
     out, stats, grid = tiled(sv, frame, tile=48, origin=(0, 0))
     assert len(interior_reads(grid)) == len(grid)
-    # balance resolved on the whole frame; psfsim's exact PSFs by default, or the basis's interpolated ones
-    psf_at = psfsim.lowrank_basis(pl_lens).psfs_at if psfs == "lowrank" else None
-    ref = psfsim.sv_wiener(y, pl_lens, origin=(0, 0), patch=16, psf_at=psf_at)
+    # balance resolved on the whole frame; the basis's PSFs (psfsim's default, "basis") or the lens's exact ones
+    ref = psfsim.sv_wiener(y, pl_lens, origin=(0, 0), patch=16, psfs="basis" if psfs == "lowrank" else "exact")
     assert stats["balance_from"] == "whole frame"
-    assert sv.identity()["psf"] == psfs and ("not psfsim.sv_wiener's default" in str(sv.identity()["psf_note"])) \
+    assert sv.identity()["psf"] == psfs and ("psfsim.sv_wiener's default" in str(sv.identity()["psf_note"])) \
         == (psfs == "lowrank")
     assert np.abs(out - ref).max() < 1e-4 * float(np.abs(ref).max())
 
