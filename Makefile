@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean peers-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_psf.py
+
+# The peer venv of benchmarks/bench_peers.py (deepinv 0.5.0 beside CPU torch 2.13.0, outside the repository; by
+# hand only, never CI): PEERS_VENV=/work/peers-venv by default. Then:
+#   PYTHONPATH=. $(PEERS_VENV)/bin/python benchmarks/bench_peers.py
+PEERS_VENV ?= /work/peers-venv
+peers-venv:
+	PEERS_VENV=$(PEERS_VENV) PYTHON=$(PYTHON) bash benchmarks/peers/setup_peers_venv.sh
 
 clean:
 	rm -rf demo_out bench_out .pytest_cache

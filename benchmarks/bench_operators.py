@@ -24,7 +24,11 @@ Prints, for the ``microscope`` preset and a test image (scikit-image's ``camera`
    interleaved in the same rounds;
 8. peak resident memory of a fresh process doing forward + adjoint of an 8192 x 8192 relay window (K = 19).
 
-``--only sizes`` / ``--only memory`` runs section 7 / 8 alone. On a shared machine, read the ratios (measured
+9. tile-local bases (``local=True``) vs the global basis on every preset's whole field (microscope 2048 x 2048):
+   forward and adjoint in the same rounds, mean and largest rank per block, and both operators' errors against
+   the exact one on a corner window (point lattice and random image).
+
+``--only sizes`` / ``--only memory`` / ``--only local`` runs section 7 / 8 / 9 alone. On a shared machine, read the ratios (measured
 in the same rounds), not the absolute times.
 
 ``--quick`` shrinks the sizes (512 frame, 96 crop, torch batch 4, fewer repeats) for a smoke run of well under a minute.
@@ -402,6 +406,46 @@ def bench_sizes(presets, sizes, nrep: int):
             del op, img
 
 
+def bench_local(presets, nrep: int, crop: int):
+    """Tile-local bases (``local=True``) against the global basis, every preset's whole field (microscope: its
+    2048 x 2048 field): forward and adjoint in the same rounds, and the error of both against the exact operator
+    on a ``crop x crop`` window at the frame's corner (point sources on a lattice: the hardest input; and a
+    random image), each operator built for that window."""
+    header("9. tile-local bases (local=True) vs the global basis: whole field, same rounds; error vs exact on a "
+           f"{crop} x {crop} corner window")
+    print(f"{'preset':<11s}{'frame':>11s}{'K':>4s}{'K_b mean/max':>14s}{'blocks':>8s}{'fwd g/l':>16s}{'x':>6s}"
+          f"{'adj g/l':>16s}{'x':>6s}{'err pts g/l':>16s}{'err rand g/l':>16s}")
+    for name in presets:
+        lens = psfsim.load_lens(name)
+        H, W = lens.field.shape_px
+        shape = (min(H, 2048), min(W, 3000))
+        g = make_operator(lens, shape=shape)
+        loc = make_operator(lens, shape=shape, local=True)
+        img = np.random.default_rng(0).random(shape, dtype=np.float32)
+        t = interleaved({"gf": lambda: g(img), "lf": lambda: loc(img), "ga": lambda: g.adjoint(img),
+                         "la": lambda: loc.adjoint(img)}, nrep)
+        cs = (crop, crop)
+        exact = ExactOperator(lens, shape=cs, origin=(0, 0))
+        pts = np.zeros(cs)
+        pts[4::12, 4::12] = 1.0
+        rnd = np.random.default_rng(1).random(cs)
+        errs = []
+        for x in (pts, rnd):  # the frame operators themselves, on an image that is zero outside the corner window
+            ref = exact(x)
+            big = np.zeros(shape, np.float32)
+            big[:crop, :crop] = x
+            errs.append([rel_err(op(big)[:crop, :crop], ref) for op in (g, loc)])
+        del exact
+        kb = loc.local_ranks
+        frame, ranks = f"{shape[0]}x{shape[1]}", f"{np.mean(kb):.1f}/{max(kb)}"
+        fwd = f"{1e3 * t['gf']:.0f}/{1e3 * t['lf']:.0f} ms"
+        adj = f"{1e3 * t['ga']:.0f}/{1e3 * t['la']:.0f} ms"
+        e_pts, e_rnd = (f"{100 * e[0]:.2f}/{100 * e[1]:.2f} %" for e in errs)
+        print(f"{name:<11s}{frame:>11s}{g.rank:>4d}{ranks:>14s}{loc.n_blocks:>8d}{fwd:>16s}{t['gf'] / t['lf']:>5.2f}x"
+              f"{adj:>16s}{t['ga'] / t['la']:>5.2f}x{e_pts:>16s}{e_rnd:>16s}", flush=True)
+        del g, loc, img
+
+
 _PEAK_RSS_CHILD = """
 import resource, sys, numpy as np
 sys.path.insert(0, sys.argv[1])
@@ -439,8 +483,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer repeats (smoke run)")
     ap.add_argument("--crop", type=int, default=None, help="exact-operator crop size (default 256; 96 with --quick)")
-    ap.add_argument("--only", choices=("sizes", "memory"), default=None,
-                    help="run one section: 7 (every preset and size) or 8 (peak memory)")
+    ap.add_argument("--only", choices=("sizes", "memory", "local"), default=None,
+                    help="run one section: 7 (every preset and size), 8 (peak memory) or 9 (tile-local bases)")
     ap.add_argument("--sizes", default=None, help="window sizes of section 7 (default 512,2048,8192; --quick 256,512)")
     ap.add_argument("--presets", default=None, help="presets of section 7 (default all)")
     ap.add_argument("--memory-preset", default="relay", help="preset of section 8 (default relay, K = 19)")
@@ -460,6 +504,8 @@ def main(argv=None):
         bench_sizes(presets, sizes, nrep)
     if args.only in (None, "memory"):
         bench_memory(args.memory_preset, args.memory_size if not args.quick else 1024)
+    if args.only in (None, "local"):
+        bench_local(presets, nrep if not args.quick else 2, 64 if args.quick else (args.crop or 128))
     if args.only is None:
         lens = psfsim.load_lens(LENS)
         frame_op, frame_img, t_basis = bench_frame(lens, frame, nrep)

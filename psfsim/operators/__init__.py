@@ -63,7 +63,8 @@ def cache_basis(basis: LowRankBasis) -> LowRankBasis:
 
 
 def make_operator(lens, *, shape=None, origin=(0, 0), method: str = "fast", rank: int | None = None,
-                  tol: float = DEFAULT_TOL, dtype=np.float32, workers: int | None = None, allow_outside: bool = False):
+                  tol: float = DEFAULT_TOL, dtype=np.float32, workers: int | None = None, allow_outside: bool = False,
+                  local: bool = False):
     """Build a blur operator for the window ``origin``, ``shape`` of the lens field (default: the whole field).
 
     Parameters
@@ -76,17 +77,21 @@ def make_operator(lens, *, shape=None, origin=(0, 0), method: str = "fast", rank
     dtype : working dtype of the fast operator (float32 default).
     workers : threads per FFT of the fast operator (default all cores; 1 under a threaded scheduler).
     allow_outside : accept a window reaching past the frame.
+    local : tile-local bases (fast only): each overlap-add block gets its own, smaller set of eigen-PSFs
+        (:class:`LowRankOperator`); faster where the PSF varies strongly over the field.
     """
     from ..checks import as_lens
 
     lens = as_lens(lens)
     shape = tuple(lens.field.shape_px) if shape is None else shape
+    if not isinstance(local, (bool, np.bool_)):
+        raise PsfsimError(f"local = {local!r}: expected True or False")
     if method == "exact":
         return ExactOperator(lens, shape=shape, origin=origin, allow_outside=allow_outside)
     if method != "fast":
         raise PsfsimError(f"method = {method!r}: expected one of {', '.join(OPERATOR_METHODS)}")
     return lowrank_basis(lens, rank=rank, tol=tol).operator(shape=shape, origin=origin, dtype=dtype, workers=workers,
-                                                            allow_outside=allow_outside)
+                                                            allow_outside=allow_outside, local=bool(local))
 
 
 def blur(image, lens, *, origin=(0, 0), method: str = "fast", rank: int | None = None, tol: float = DEFAULT_TOL,
@@ -119,4 +124,7 @@ def to_torch(op: LowRankOperator):
     """The torch module of one fast operator's window: ``module(x (..., H, W))`` (imports torch when called)."""
     from .torch import WindowBlur
 
+    if getattr(op, "local", False):
+        raise PsfsimError("to_torch: the operator has tile-local bases (local=True); the torch module uses the global "
+                          "basis: convert an operator built with local=False")
     return WindowBlur(op)

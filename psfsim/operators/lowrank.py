@@ -43,6 +43,15 @@ _MAX_NODES = 33
 #: Largest transform side of the fast operator: larger windows are split into blocks (overlap-add) whose
 #: padded size fits it (a few MB per spectrum: the transforms and products stay in the CPU caches).
 MAX_BLOCK_PAD = 576
+#: Tile-local bases (``local=True``): the transform side of a block is at most the next fast length of
+#: ``max(LOCAL_BLOCK_PAD, 6 k)``: small blocks need few eigen-PSFs (relay: mean K_b 3.8 at 256 px blocks, 5.1 at
+#: 360, against K = 13 for the whole field), at the cost of a halo of ``k - 1`` pixels per block; transforms of
+#: 240-380 were fastest on the relay and telescope frames (2 cores), 128 was slower than the global basis.
+LOCAL_BLOCK_PAD = 288
+#: Samples per block side of the interpolated PSF field from which a block's eigen-PSFs are computed.
+_LOCAL_SAMPLES = 8
+#: Per-block eigen-PSF transforms of a local operator are kept up to this size, else recomputed per call.
+LOCAL_KERNEL_BYTES = 256 * 2**20
 #: Coefficient maps of a window are kept dense up to this size; larger windows compute each block's maps.
 _DENSE_MAPS_BYTES = 64 * 2**20
 #: Bound of the eigen-PSF transform cache of one basis (edge tiles and odd windows have their own shapes).
@@ -297,10 +306,11 @@ class LowRankBasis:
         return p / p.sum(axis=(1, 2), keepdims=True)
 
     def operator(self, *, shape, origin=(0, 0), dtype=np.float32, backend: str | None = None,
-                 workers: int | None = None, allow_outside: bool = False) -> "LowRankOperator":
-        """A :class:`LowRankOperator` for the window ``origin``, ``shape`` of the field (keyword-only)."""
+                 workers: int | None = None, allow_outside: bool = False, local: bool = False) -> "LowRankOperator":
+        """A :class:`LowRankOperator` for the window ``origin``, ``shape`` of the field (keyword-only);
+        ``local=True`` for tile-local bases."""
         return LowRankOperator(self, shape=shape, origin=origin, dtype=dtype, backend=backend, workers=workers,
-                               allow_outside=allow_outside)
+                               allow_outside=allow_outside, local=local)
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -486,6 +496,15 @@ class LowRankOperator:
         scheduler (Dask) runs several windows at once.
     allow_outside : bool
         Accept a window reaching past the frame (a tile with its halo, a sample with its margin).
+    local : bool
+        Tile-local bases: every overlap-add block (transforms of :data:`LOCAL_BLOCK_PAD` or ``6 k``) gets its own
+        eigen-PSFs, the fewest that reproduce the PSFs over the block to ``tol / 2`` (the grid's interpolation
+        holds the other half), never more than the global rank. Each source pixel is still spread with (an
+        approximation of) its own PSF: the blocks partition the *input*, so no blending is needed and the
+        adjoint stays exact. Fewer, smaller transforms where the PSF varies strongly over the field (relay,
+        telescope: ``python benchmarks/bench_operators.py --only local``); the result differs from the global
+        operator's within the error target, and depends on the window's block layout (a tile's output is not
+        bit-equal to the same pixels of a whole-frame call).
 
     Notes
     -----
@@ -498,7 +517,7 @@ class LowRankOperator:
     """
 
     def __init__(self, basis: LowRankBasis, *, shape, origin=(0, 0), dtype=np.float32, backend=None, workers=None,
-                 allow_outside=False):
+                 allow_outside=False, local: bool = False):
         from ..field import check_window
 
         (r0, c0), (H, W) = check_window(basis.lens, origin=origin, shape=shape, allow_outside=allow_outside)
@@ -512,18 +531,76 @@ class LowRankOperator:
         self.fft = get_backend(backend, workers)
         k = basis.eigen_psfs.shape[-1]
         self.k = k
-        max_pad = max(MAX_BLOCK_PAD, self.fft.next_fast_len(4 * k, True))
+        self.local = bool(local)
+        if self.local:
+            max_pad = self.fft.next_fast_len(max(LOCAL_BLOCK_PAD, 6 * k), True)
+        else:
+            max_pad = max(MAX_BLOCK_PAD, self.fft.next_fast_len(4 * k, True))
         self.row_edges, hp = _block_edges(H, k, max_pad, self.fft.next_fast_len)
         self.col_edges, wp = _block_edges(W, k, max_pad, self.fft.next_fast_len)
         #: shape of the transforms: the window's padded shape, or a block's where the window is split
         self.pad_shape = (hp, wp)
         self._dense = None
-        if basis.rank * H * W * self.dtype.itemsize <= _DENSE_MAPS_BYTES:
+        #: per block ``(eigen_psfs (K_b, k, k), node coefficients (ny, nx, K_b))`` of a local operator, else None
+        if self.local:
+            from ._blas import single_blas_thread
+
+            with single_blas_thread():  # many small SVDs: BLAS threads only contend
+                self._local = self._local_bases()
+        else:
+            self._local = None
+        if not self.local and basis.rank * H * W * self.dtype.itemsize <= _DENSE_MAPS_BYTES:
             self._dense = basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype)
 
     @property
     def rank(self) -> int:
+        """The global basis's rank (a local operator's blocks use :attr:`local_ranks`, at most this)."""
         return self.basis.rank
+
+    @property
+    def local_ranks(self) -> list[int]:
+        """Eigen-PSFs per block of a local operator (row-major block order); ``[]`` for a global one."""
+        return [] if self._local is None else [len(e) for e, _ in self._local]
+
+    def _local_bases(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each block's own basis (``local=True``): the full-rank interpolated PSF field sampled at
+        ``_LOCAL_SAMPLES`` x ``_LOCAL_SAMPLES`` points spanning the block (corners included), its SVD truncated at
+        the smallest rank reproducing every sample to ``tol / 2`` (capped at the global rank). The block's node
+        coefficients are the node PSFs projected on its eigen-PSFs: interpolation is linear in the node PSFs, so
+        interpolating them is projecting the interpolated PSF (Flicker & Rigaut 2005 eq. 9, per block)."""
+        b = self.basis
+        U, s, Vt = b._full["U"], b._full["s"], b._full["Vt"]
+        C = (U * s).reshape(len(b.rows), len(b.cols), -1)  # full-rank node coefficients: node PSFs = C @ Vt
+        k = self.k
+        tol = float(b.built_with.get("tol", DEFAULT_TOL)) / 2
+        out = []
+        for r0, r1, c0, c1 in self._blocks():
+            rr = self.origin[0] + np.linspace(r0, r1 - 1, min(_LOCAL_SAMPLES, r1 - r0))
+            cc = self.origin[1] + np.linspace(c0, c1 - 1, min(_LOCAL_SAMPLES, c1 - c0))
+            # the sampled PSFs are c @ Vt with orthonormal Vt rows: their SVD is c's (n x G, small), rotated by Vt
+            c = np.einsum("ha,abg,wb->hwg", b.row_axis.weights(rr), C, b.col_axis.weights(cc)).reshape(-1, C.shape[2])
+            _, _, wt = np.linalg.svd(c, full_matrices=False)
+            n2 = np.einsum("ij,ij->i", c, c)
+            resid2 = n2[:, None] - np.cumsum((c @ wt.T) ** 2, axis=1)  # squared residual at rank 1..r
+            err = np.sqrt(np.maximum(resid2, 0) / n2[:, None]).max(axis=0)
+            ok = err <= tol
+            Kb = min(int(np.argmax(ok)) + 1 if ok.any() else len(err), b.rank)
+            E = wt[:Kb] @ Vt  # (K_b, k * k) orthonormal eigen-PSFs of the block
+            out.append((E.reshape(Kb, k, k), C @ wt[:Kb].T))  # node PSFs C @ Vt projected on E: C @ (Vt E^T)
+        return out
+
+    def _local_kernel_ft(self, i: int) -> np.ndarray:
+        """Real FFTs ``(K_b, Hp, Wp // 2 + 1)`` of block ``i``'s eigen-PSFs: kept on the operator when all blocks'
+        fit :data:`LOCAL_KERNEL_BYTES`, else recomputed per call (huge windows)."""
+        cache = self.__dict__.setdefault("_local_kft", {})
+        hit = cache.get(i)
+        if hit is not None:
+            return hit
+        ft = self.fft.rfft2(self._local[i][0].astype(self.dtype), s=self.pad_shape).astype(self.cdtype, copy=False)
+        total = sum(self.local_ranks) * ft[0].nbytes
+        if total <= LOCAL_KERNEL_BYTES:
+            cache[i] = ft
+        return ft
 
     @property
     def n_blocks(self) -> int:
@@ -535,6 +612,7 @@ class LowRankOperator:
         d["fft"] = (self.fft.name, self.fft.workers)
         d["_dense"] = None
         d.pop("_factors", None)
+        d.pop("_local_kft", None)
         return d
 
     def __setstate__(self, d):
@@ -542,12 +620,13 @@ class LowRankOperator:
         d = {**d, "fft": get_backend(name, workers)}
         self.__dict__.update(d)
         H, W = self.shape
-        if self.basis.rank * H * W * self.dtype.itemsize <= _DENSE_MAPS_BYTES:
+        if not self.local and self.basis.rank * H * W * self.dtype.itemsize <= _DENSE_MAPS_BYTES:
             self._dense = self.basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype)
 
     def maps(self, ks: slice = slice(None)) -> np.ndarray:
-        """Coefficient maps ``(K', H, W)`` of eigen-PSFs ``ks`` over the whole window (kept dense for small
-        windows; computed on request for large ones, which :meth:`forward` and :meth:`adjoint` do per block)."""
+        """Coefficient maps ``(K', H, W)`` of the global eigen-PSFs ``ks`` over the whole window (kept dense for
+        small windows; computed on request for large ones, which :meth:`forward` and :meth:`adjoint` do per
+        block). A local operator's blocks use their own bases instead (:attr:`local_ranks`)."""
         if self._dense is not None:
             return self._dense[ks]
         return self.basis.coefficient_maps(origin=self.origin, shape=self.shape, dtype=self.dtype, ks=ks)
@@ -556,14 +635,16 @@ class LowRankOperator:
     def _factors(self) -> tuple[np.ndarray, np.ndarray]:
         return self.basis.spline_factors(origin=self.origin, shape=self.shape)
 
-    def _block_maps(self, r0: int, r1: int, c0: int, c1: int):
+    def _block_maps(self, r0: int, r1: int, c0: int, c1: int, coeffs: np.ndarray | None = None):
         """``kk -> (r1 - r0, c1 - c0)`` coefficient map of eigen-PSF ``kk`` over rows ``r0:r1``, columns ``c0:c1``
         of the window: a view of the dense maps, or one matrix product of the separable spline factors
-        (``(Wr C_kk) Wc^T`` in the working dtype, into one reused buffer)."""
-        if self._dense is not None:
+        (``(Wr C_kk) Wc^T`` in the working dtype, into one reused buffer). ``coeffs (ny, nx, K')``: node
+        coefficients of another basis (a block's own, ``local=True``) instead of the global ones."""
+        if coeffs is None and self._dense is not None:
             return lambda kk: self._dense[kk, r0:r1, c0:c1]
         Wr, Wc = self._factors
-        T = np.einsum("ha,abk->khb", Wr[r0:r1], self.basis.coeffs).astype(self.dtype)  # (K, h, nx)
+        coeffs = self.basis.coeffs if coeffs is None else coeffs
+        T = np.einsum("ha,abk->khb", Wr[r0:r1], coeffs).astype(self.dtype)  # (K, h, nx)
         WcT = np.ascontiguousarray(Wc[c0:c1].T, dtype=self.dtype)  # (nx, w)
         buf = np.empty((r1 - r0, c1 - c0), self.dtype)
         return lambda kk: np.matmul(T[kk], WcT, out=buf)
@@ -618,18 +699,22 @@ class LowRankOperator:
         B = mb.shape[0]
         H, W = self.shape
         k, c, pad = self.k, self.k // 2, self.pad_shape
-        kft = self.kernel_ft
+        kft = None if self._local is not None else self.kernel_ft
         out = np.zeros((B, H, W), self.dtype)
         buf = np.zeros((B, *pad), self.dtype)
         last = None
-        for r0, r1, c0, c1 in self._blocks():
+        for i, (r0, r1, c0, c1) in enumerate(self._blocks()):
             h, w = r1 - r0, c1 - c0
             if last is not None and (h < last[0] or w < last[1]):
                 buf.fill(0)  # a smaller (last) block: clear what the larger one wrote
             last = (h, w)
-            region, src, wk = buf[:, :h, :w], mb[:, r0:r1, c0:c1], self._block_maps(r0, r1, c0, c1)
+            region, src = buf[:, :h, :w], mb[:, r0:r1, c0:c1]
+            if self._local is None:
+                wk = self._block_maps(r0, r1, c0, c1)
+            else:  # the block's own eigen-PSFs and coefficients
+                kft, wk = self._local_kernel_ft(i), self._block_maps(r0, r1, c0, c1, self._local[i][1])
             acc = None
-            for kk in range(self.rank):
+            for kk in range(len(kft)):
                 np.multiply(src, wk(kk), out=region)
                 F = self.fft.rfft2(buf)
                 F *= kft[kk]
@@ -652,7 +737,7 @@ class LowRankOperator:
         """
         yb, single, odt = self._as_batch(y)
         with self._blas_limit():
-            out = self._adjoint(yb)
+            out = self._adjoint(yb) if self._local is None else self._adjoint_local(yb)
         out = out.astype(odt, copy=False)
         return out[0] if single else out
 
@@ -685,6 +770,36 @@ class LowRankOperator:
                 g = self.fft.irfft2(Z, s=pad)[:, : h + k - 1, : w + k - 1][:, ::-1, ::-1]
                 np.multiply(g[:, qa:qb, pa:pb], wk(kk), out=tmp)
                 dst += tmp
+        return out
+
+    def _adjoint_local(self, yb: np.ndarray) -> np.ndarray:
+        """Adjoint of a local operator, block by block of the *source*: ``A^T = sum_b S_b^T sum_k W_bk C_bk^T``,
+        with ``C_bk^T`` the correlation with eigen-PSF ``k`` of block ``b`` over the ``h + k - 1`` rows (columns)
+        its blocks' light reaches: that region of ``y`` (zero past the window), flipped, convolved, flipped back
+        and cut to the block; one forward transform per block, one inverse per eigen-PSF."""
+        B = yb.shape[0]
+        H, W = self.shape
+        k, c, pad = self.k, self.k // 2, self.pad_shape
+        out = np.empty((B, H, W), self.dtype)
+        buf = np.zeros((B, *pad), self.dtype)
+        for i, (r0, r1, c0, c1) in enumerate(self._blocks()):
+            h, w = r1 - r0, c1 - c0
+            Lr, Lc = h + k - 1, w + k - 1
+            qa, qb = self._clip(r0 - c, Lr, H)
+            pa, pb = self._clip(c0 - c, Lc, W)
+            buf.fill(0)
+            # buf[q'] = y at row r0 - c + (Lr - 1 - q'): the region reversed
+            buf[:, Lr - qb : Lr - qa, Lc - pb : Lc - pa] = yb[:, r0 - c + qa : r0 - c + qb, c0 - c + pa : c0 - c + pb][:, ::-1, ::-1]
+            G = self.fft.rfft2(buf)
+            kft, wk = self._local_kernel_ft(i), self._block_maps(r0, r1, c0, c1, self._local[i][1])
+            dst = out[:, r0:r1, c0:c1]
+            dst.fill(0)
+            Z = np.empty_like(G)
+            for kk in range(len(kft)):
+                np.multiply(G, kft[kk], out=Z)
+                g = self.fft.irfft2(Z, s=pad)[:, k - 1 : Lr, k - 1 : Lc][:, ::-1, ::-1]  # correlation at rows r0..r1
+                g *= wk(kk)
+                dst += g
         return out
 
     __call__ = forward

@@ -348,3 +348,28 @@ def test_blur_noise_argument_errors(capsys, tmp_path, extra, msg):
     rc, out, err = run_main(capsys, "blur", "--lens", "microscope", "--input", "img.npy", "--out", "b.npy", *extra)
     assert_one_line_error(rc, err, msg)
     assert not (tmp_path / "b.npy").exists()
+
+
+def test_blur_and_rl_with_tile_local_bases(capsys, tmp_path):
+    """``--local`` gives the operator of ``make_operator(..., local=True)`` (same output) and records the ranks per
+    block; refused with ``--exact``."""
+    import json
+
+    from psfsim import make_operator
+
+    img = np.random.default_rng(0).random((300, 320)).astype(np.float32)
+    np.save(tmp_path / "img.npy", img)
+    rc, out, err = run_main(capsys, "blur", "--lens", "relay", "--input", "img.npy", "--out", "b.npy", "--local")
+    assert rc == 0, err
+    rec = json.loads((tmp_path / "b.npy.json").read_text())
+    op = make_operator(load_lens("relay"), shape=img.shape, origin=tuple(rec["origin"]), local=True)
+    np.testing.assert_allclose(np.load(tmp_path / "b.npy"), op(img), rtol=0, atol=1e-6)
+    assert "tile-local bases" in out and rec["local_ranks"] == op.local_ranks
+    rc, out, err = run_main(capsys, "rl", "--lens", "relay", "--input", "b.npy", "--out", "r.npy", "--local",
+                            "--iters", "2")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "r.npy.json").read_text())["local_ranks"] == op.local_ranks
+    rc, out, err = run_main(capsys, "blur", "--lens", "relay", "--input", "img.npy", "--out", "c.npy", "--local",
+                            "--exact")
+    assert_one_line_error(rc, err, "--local")
+    assert not (tmp_path / "c.npy").exists()
