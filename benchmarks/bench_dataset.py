@@ -7,7 +7,9 @@ Run: ``python benchmarks/bench_dataset.py [--n 400] [--workers 2] [--repeat 3] [
    2 workers (issue 9); the CPU time per sample of all processes (a figure that other jobs on the machine
    disturb less than the rate, though they share the cores' caches); the worker time per sample in each stage
    (source, blur, noise, Wiener, SV Wiener, digest, write) and its share; the machine's load average beside
-   the figures (a rate measured on busy cores is a rate of those cores, not of the code).
+   the figures (a rate measured on busy cores is a rate of those cores, not of the code). Beside them, in the
+   same interleaved rounds, a baseline: the same samples written as before issue 9 (zarr's Zstandard level 0,
+   each shard through zarr's chunk pipeline), and the ratio of the two rates.
 2. Opening: the time for ``DatasetReader`` to open a 20000-sample store and answer ``splits``, ``len`` and
    ``window`` (metadata only: the store is created without computing samples), beside the time the same
    store takes when the splits are JSON lists in the attributes (format 1's layout).
@@ -70,18 +72,36 @@ def bench_write(lens, args):
     from psfsim.dataset.writer import _init_worker
 
     _init_worker(spec.to_json(), single_thread=False)  # the per-spec context, built before a run's clock starts
+    import psfsim.dataset.writer as writer
+
+    new_compressors = writer.image_compressors
+
+    def old_compressors():  # the store before issue 9: zarr's default Zstandard, every shard through zarr
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
+        return [ZstdCodec(level=0), Crc32cCodec()]
+
     counts = sorted({1, args.workers})
-    runs = {w: [] for w in counts}
+    runs = {w: [] for w in [*counts, "old"]}
     for _ in range(args.repeat):
         for w in counts:
             runs[w].append(write(spec, w))
-    for w in counts:
+        writer.image_compressors = old_compressors
+        try:
+            runs["old"].append(write(spec, args.workers))
+        finally:
+            writer.image_compressors = new_compressors
+    for w in [*counts, "old"]:
         r = max(runs[w], key=lambda x: x["rate"])
+        if w == "old":
+            print(f"  baseline, the writer before issue 9 (zarr's Zstandard level 0 through zarr's chunk pipeline), "
+                  f"same samples, workers={args.workers}: rate now / rate with it "
+                  f"{max(x['rate'] for x in runs[args.workers]) / r['rate']:.2f}")
         st = r["stage_seconds"]
         tot = sum(st.values())
         ms = {k: 1e3 * st[k] / args.n for k in STAGES if k in st}
         rates = ", ".join(f"{x['rate']:.1f}" for x in runs[w])
-        print(f"  workers={w}: {r['rate']:.1f} samples/s (runs: {rates}) = "
+        print(f"  workers={w if w != 'old' else args.workers}: {r['rate']:.1f} samples/s (runs: {rates}) = "
               f"{r['rate'] / TARGET_RATE:.2f}x the target of {TARGET_RATE:.0f}/s; {r['elapsed_s']:.2f} s incl. start-up; "
               f"CPU {1e3 * r['cpu_s'] / args.n:.1f} ms/sample (all processes); {r['bytes'] / 1e6:.1f} MB")
         print("             worker ms/sample by stage: " + ", ".join(f"{k} {v:.2f} ({100 * st[k] / tot:.0f} %)" for k, v in ms.items()))

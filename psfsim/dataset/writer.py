@@ -32,7 +32,6 @@ NORMALISATION_KIND = "source_region_max"
 _CTX: SampleContext | None = None
 
 
-
 def image_compressors() -> list:
     """The image arrays' compressors: Blosc's LZ4 on byte-shuffled float32 (the four bytes of each value grouped:
     the sign-exponent bytes of noisy images compress where a byte stream of whole floats does not), then a CRC32C
