@@ -64,11 +64,21 @@ class NoiseModel:
         if self.is_noiseless:
             return image.astype(out_dtype, copy=True)
         if self.photons is None:
-            return (image + rng.normal(0.0, self.read_noise, image.shape)).astype(out_dtype)
+            return (image + self._read_noise(image.shape, rng)).astype(out_dtype)
+        # the Poisson means in the image's dtype (a float32 image gives float32 means), as they always were
         counts = rng.poisson(np.clip(image, 0, None) * self.photons).astype(np.float64)
         if self.read_noise > 0:
-            counts += rng.normal(0.0, self.read_noise, image.shape)
-        return (counts / self.photons).astype(out_dtype)
+            counts += self._read_noise(image.shape, rng)
+        counts /= self.photons
+        return counts.astype(out_dtype, copy=False)
+
+    def _read_noise(self, shape, rng: np.random.Generator) -> np.ndarray:
+        """``rng.normal(0.0, read_noise, shape)``, value for value and from the same draws (numpy's ``normal`` is
+        ``loc + scale * standard_normal``), without its per-element ``loc`` and ``scale`` broadcasting."""
+        z = rng.standard_normal(shape)
+        z *= self.read_noise
+        z += 0.0  # what loc = 0 adds: -0.0 becomes 0.0
+        return z
 
     def sigma(self, level: float | np.ndarray = 0.5) -> np.ndarray:
         """Noise standard deviation in image units at image value ``level``."""

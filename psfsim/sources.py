@@ -135,30 +135,76 @@ class CellsSource(Source):
         h, w = shape
         img = np.full(shape, 0.02)
         n_cells = max(1, int(rng.poisson(h * w / 3000)))
-        texture = 1 + 0.5 * _smooth_noise(shape, rng, 1.5)
+        texture = _smooth_noise(shape, rng, 1.5)
+        texture *= 0.5
+        texture += 1
+        rows, cols = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
+        fh, fw = float(h), float(w)
         for _ in range(n_cells):
-            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-            a, b = rng.uniform(6, 18), rng.uniform(4, 12)
-            t = rng.uniform(0, np.pi)
-            amp_body, amp_nuc, shift = rng.uniform(0.2, 0.6), rng.uniform(0.5, 1.0), 0.2 * a * rng.standard_normal()
+            # the reference draws, value for value: uniform(lo, hi) is lo + (hi - lo) * random() and normal(0, s)
+            # is 0 + s * standard_normal() in numpy's Generator, so consecutive ones are drawn in one call
+            d = rng.random(7).tolist()  # cy, cx, a, b, t, amp_body, amp_nuc
+            cy, cx = 0.0 + fh * d[0], 0.0 + fw * d[1]
+            a, b = 6.0 + 12.0 * d[2], 4.0 + 8.0 * d[3]
+            t = 0.0 + np.pi * d[4]
+            amp_body, amp_nuc, shift = 0.2 + (0.6 - 0.2) * d[5], 0.5 + 0.5 * d[6], 0.2 * a * rng.standard_normal()
             n_p = int(rng.poisson(4))
-            puncta = [(cy + rng.normal(0, b / 2), cx + rng.normal(0, a / 2), rng.uniform(0.3, 1.0), rng.uniform(0.6, 1.5)) for _ in range(n_p)]
+            puncta = []
+            for _ in range(n_p):
+                gy, gx = rng.standard_normal(2).tolist()
+                ua, ub = rng.random(2).tolist()
+                puncta.append((cy + (0.0 + b / 2 * gy), cx + (0.0 + a / 2 * gx), 0.3 + (1.0 - 0.3) * ua,
+                               0.6 + (1.5 - 0.6) * ub))
             R = int(np.ceil(1.6 * a)) + 4
             r0, r1 = max(0, int(cy) - R), min(h, int(cy) + R + 1)
             c0, c1 = max(0, int(cx) - R), min(w, int(cx) + R + 1)
             if r0 >= r1 or c0 >= c1:
                 continue
-            yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float64)
-            dy, dx = yy - cy, xx - cx
-            u = (dx * np.cos(t) + dy * np.sin(t)) / a
-            v = (-dx * np.sin(t) + dy * np.cos(t)) / b
-            body = expit(-(u * u + v * v - 1) * 8)  # soft-edged ellipse
-            sub = img[r0:r1, c0:c1]
-            sub += amp_body * body * texture[r0:r1, c0:c1]
-            sub += amp_nuc * np.exp(-((dx - shift) ** 2 + dy**2) / (2 * (0.35 * b) ** 2)) * body
-            for py, px, amp, sg in puncta:
-                sub += amp * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sg**2))
-        return np.clip(img, 0, None)
+            _render_cell(img[r0:r1, c0:c1], texture[r0:r1, c0:c1], rows[r0:r1, None], cols[None, c0:c1], expit,
+                         cy, cx, a, b, t, amp_body, amp_nuc, shift, puncta)
+        return np.clip(img, 0, None, out=img)
+
+
+def _render_cell(sub, texture, yy, xx, expit, cy, cx, a, b, t, amp_body, amp_nuc, shift, puncta) -> None:
+    """Add one cell (body, nucleus, puncta) into ``sub`` in place, over its bounding box: rows ``yy (h, 1)`` and
+    columns ``xx (1, w)`` of the box, float64.
+
+    Every pixel gets the value of the reference formula (a soft-edged textured ellipse, a Gaussian nucleus times
+    the body, Gaussian puncta), operation for operation: the offsets and their squares are taken along one axis
+    (a row or a column of the box) and combined once per pixel, in place, so a sample is bit-identical to one
+    computed on the full ``mgrid`` of the box, at about half the full-box operations."""
+    dy, dx = yy - cy, xx - cx
+    cos_t, sin_t = np.cos(t), np.sin(t)
+    u = dx * cos_t + dy * sin_t
+    u /= a
+    v = -dx * sin_t + dy * cos_t
+    v /= b
+    u *= u
+    v *= v
+    u += v
+    u -= 1
+    u *= -8  # -(u^2 + v^2 - 1) * 8: the negation and the power of two are exact in either order
+    body = expit(u, out=u)  # soft-edged ellipse
+    tmp = np.multiply(body, amp_body, out=v)
+    tmp *= texture
+    sub += tmp
+    tmp = np.add((dx - shift) ** 2, dy**2, out=tmp)
+    np.negative(tmp, out=tmp)
+    tmp /= 2 * (0.35 * b) ** 2
+    np.exp(tmp, out=tmp)
+    tmp *= amp_nuc
+    tmp *= body
+    sub += tmp
+    if puncta:  # all of the cell's puncta at once, added one after the other (the reference's order)
+        # the divisor from Python floats, as the reference: Python's sg**2 (libm pow) is not always numpy's sg * sg
+        py, px, amp, den = (np.array(c)[:, None, None] for c in zip(*((y, x, p, 2 * s**2) for y, x, p, s in puncta)))
+        e = np.add((yy - py) ** 2, (xx - px) ** 2)
+        np.negative(e, out=e)
+        e /= den
+        np.exp(e, out=e)
+        e *= amp
+        for ek in e:
+            sub += ek
 
 
 class StarsSource(Source):
@@ -187,24 +233,45 @@ class BeamsSource(Source):
 
     def sample(self, shape, rng):
         h, w = shape
-        yy, xx = np.mgrid[:h, :w].astype(np.float64)
+        # pixel coordinates as a column (h, 1) and a row (1, w): every expression below is evaluated per pixel as
+        # on the full (h, w) grids, value for value, the separable parts once per row or column
+        yy, xx = np.arange(h, dtype=np.float64)[:, None], np.arange(w, dtype=np.float64)[None, :]
         cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
         r = np.hypot((yy - cy) / (rng.uniform(0.15, 0.4) * h), (xx - cx) / (rng.uniform(0.15, 0.4) * w))
         order = 1 if rng.random() < 0.4 else int(rng.integers(3, 10))  # Gaussian or flat-top
-        beam = np.exp(-2 * r ** (2 * order))
+        beam = r ** (2 * order)
+        beam *= -2
+        beam = np.exp(beam, out=beam)
         kind = rng.random()
         if kind < 0.4:  # speckle: |FFT of a random phase screen through a small aperture|^2
-            field = np.exp(2j * np.pi * rng.random(shape))
+            # exp(2 pi i u) as cos + i sin of the same phase (what the complex exp computes, at half its cost)
+            phase = rng.random(shape)
+            phase *= 2 * np.pi
+            field = np.empty(shape, np.complex128)
+            np.cos(phase, out=field.real)
+            np.sin(phase, out=field.imag)
             fy = np.fft.fftfreq(h)[:, None]
             fx = np.fft.fftfreq(w)[None, :]
             ap = np.hypot(fy, fx) < rng.uniform(0.05, 0.2)
-            sp = np.abs(np.fft.ifft2(np.fft.fft2(field) * ap)) ** 2
-            beam = beam * (0.3 + sp / sp.mean())
+            f = np.fft.fft2(field)
+            f *= ap
+            sp = np.abs(np.fft.ifft2(f))
+            sp **= 2
+            sp /= sp.mean()
+            sp += 0.3
+            beam *= sp
         elif kind < 0.8:  # interference fringes
             k = rng.uniform(0.05, 0.5)
             t = rng.uniform(0, np.pi)
-            beam = beam * (1 + rng.uniform(0.3, 1.0) * np.cos(k * (xx * np.cos(t) + yy * np.sin(t)) + rng.uniform(0, 2 * np.pi)))
-        return np.clip(beam, 0, None)
+            amp = rng.uniform(0.3, 1.0)
+            arg = xx * np.cos(t) + yy * np.sin(t)
+            arg *= k
+            arg += rng.uniform(0, 2 * np.pi)
+            fringe = np.cos(arg, out=arg)
+            fringe *= amp
+            fringe += 1
+            beam *= fringe
+        return np.clip(beam, 0, None, out=beam)
 
 
 class MixtureSource(Source):

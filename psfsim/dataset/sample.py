@@ -57,12 +57,15 @@ def source_region(source, field_shape, region_origin, region_shape, rng, *, inde
         src = source.sample(region_shape, rng, index=int(index))
     else:
         src = source.sample(region_shape, rng)
-    src = np.array(src, np.float64)
+    src = np.asarray(src, np.float64)
     r0, c0 = region_origin
-    src[: max(0, -r0)] = 0
-    src[:, : max(0, -c0)] = 0
-    src[max(0, H - r0) :] = 0
-    src[:, max(0, W - c0) :] = 0
+    h, w = src.shape
+    if r0 < 0 or c0 < 0 or r0 + h > H or c0 + w > W:  # part of the region lies outside the field
+        src = src.copy()  # never write into what the source returned (an image source's cached crop)
+        src[: max(0, -r0)] = 0
+        src[:, : max(0, -c0)] = 0
+        src[max(0, H - r0) :] = 0
+        src[:, max(0, W - c0) :] = 0
     peak = float(src.max())
     return (src / peak if peak > 0 else src).astype(np.float32)
 
@@ -112,5 +115,5 @@ def make_sample(ctx: SampleContext, index: int, origin, timings: dict | None = N
     patch = max(16, min(128, (min(h, w) // 4) * 2))  # 4 patches across (x2 overlap): 128 for 256 px samples
     wsv = sv_wiener(noisy, lens, origin=origin, patch=patch, noise_sigma=sigma, psf_at=ctx.basis.psfs_at)
     lap("wiener_sv")
-    return SimulatedSample(sharp=np.ascontiguousarray(sharp), blurred=noisy.astype(np.float32),
-                           wiener=wien.astype(np.float32), wiener_sv=wsv.astype(np.float32))
+    return SimulatedSample(sharp=np.ascontiguousarray(sharp), blurred=noisy.astype(np.float32, copy=False),
+                           wiener=wien.astype(np.float32, copy=False), wiener_sv=wsv.astype(np.float32, copy=False))
