@@ -695,111 +695,125 @@ class LowRankOperator:
         out = out.astype(odt, copy=False)
         return out[0] if single else out
 
+    def _block_waves(self) -> list[list[tuple[int, int, int, int, int]]]:
+        """The blocks ``(index, r0, r1, c0, c1)`` in four waves, one per parity of (block row, block column).
+        Blocks of one wave never write the same output pixels (a block's overlap-add output reaches ``k - 1``
+        pixels past it, and blocks are at least ``3 k`` wide), so a wave's blocks may run at once without a lock,
+        and every pixel receives its contributions in one fixed order, whatever the number of threads: the
+        result does not depend on ``workers``."""
+        nc = len(self.col_edges) - 1
+        blocks = [(i, *b) for i, b in enumerate(self._blocks())]
+        waves = [[b for b in blocks if ((b[0] // nc) % 2, (b[0] % nc) % 2) == par]
+                 for par in ((0, 0), (0, 1), (1, 0), (1, 1))]
+        return [w for w in waves if w]
+
+    def _each_block(self, fn) -> None:
+        """Call ``fn(block, fft)`` for every block, wave after wave (:meth:`_block_waves`). With several blocks
+        and ``workers > 1`` the blocks of a wave run in that many threads, each with one-thread transforms, so
+        the per-block array work (weighting, spectral products, overlap-add) runs in parallel too, not only the
+        FFTs (numpy and pocketfft release the GIL); one block, or one worker, runs in this thread with the
+        operator's own transforms."""
+        waves = self._block_waves()
+        threads = min(self.fft.workers, max(len(w) for w in waves))
+        if threads <= 1:
+            for wave in waves:
+                for b in wave:
+                    fn(b, self.fft)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        fft1 = get_backend(self.fft.name, 1)
+        with ThreadPoolExecutor(threads) as pool:
+            for wave in waves:
+                list(pool.map(lambda b: fn(b, fft1), wave))  # list(): re-raises a block's exception here
+
+    def _block_basis(self, i: int, r0: int, r1: int, c0: int, c1: int):
+        """``(kernel transforms (K', Hp, Wp // 2 + 1), kk -> map)`` of block ``i``: the global basis's, or the
+        block's own (``local=True``)."""
+        if self._local is None:
+            return self.kernel_ft, self._block_maps(r0, r1, c0, c1)
+        return self._local_kernel_ft(i), self._block_maps(r0, r1, c0, c1, self._local[i][1])
+
     def _forward(self, mb: np.ndarray) -> np.ndarray:
         B = mb.shape[0]
         H, W = self.shape
         k, c, pad = self.k, self.k // 2, self.pad_shape
-        kft = None if self._local is not None else self.kernel_ft
         out = np.zeros((B, H, W), self.dtype)
-        buf = np.zeros((B, *pad), self.dtype)
-        last = None
-        for i, (r0, r1, c0, c1) in enumerate(self._blocks()):
+
+        def block(b, fft):
+            i, r0, r1, c0, c1 = b
             h, w = r1 - r0, c1 - c0
-            if last is not None and (h < last[0] or w < last[1]):
-                buf.fill(0)  # a smaller (last) block: clear what the larger one wrote
-            last = (h, w)
+            buf = np.zeros((B, *pad), self.dtype)
             region, src = buf[:, :h, :w], mb[:, r0:r1, c0:c1]
-            if self._local is None:
-                wk = self._block_maps(r0, r1, c0, c1)
-            else:  # the block's own eigen-PSFs and coefficients
-                kft, wk = self._local_kernel_ft(i), self._block_maps(r0, r1, c0, c1, self._local[i][1])
+            kft, wk = self._block_basis(i, r0, r1, c0, c1)
             acc = None
             for kk in range(len(kft)):
                 np.multiply(src, wk(kk), out=region)
-                F = self.fft.rfft2(buf)
+                F = fft.rfft2(buf)
                 F *= kft[kk]
                 if acc is None:
                     acc = F
                 else:
                     acc += F
-            f = self.fft.irfft2(acc, s=pad)  # the block's full convolution: output row r0 - c + q for row q
+            f = fft.irfft2(acc, s=pad)  # the block's full convolution: output row r0 - c + q for row q
             qa, qb = self._clip(r0 - c, h + k - 1, H)
             pa, pb = self._clip(c0 - c, w + k - 1, W)
             out[:, r0 - c + qa : r0 - c + qb, c0 - c + pa : c0 - c + pb] += f[:, qa:qb, pa:pb]
+
+        self._each_block(block)
         return out
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
         """Adjoint ``A^T y = sum_k w_k . (e_k correlated with y)``, same shapes and dtype rule as :meth:`forward`.
 
-        The correlation is a convolution of the flipped block, flipped back (no conjugated copy of the kernel
-        transforms): per block one forward FFT, then per eigen-PSF one product with the kernel's transform, one
-        inverse FFT and one product with the coefficient map, added into the output (overlap-add).
+        The correlation is a convolution of the flipped region, flipped back (no conjugated copy of the kernel
+        transforms): per block of the output one forward FFT of the region of ``y`` its light reaches, then per
+        eigen-PSF one product with the kernel's transform, one inverse FFT and one product with the coefficient
+        map (:meth:`_adjoint`).
         """
         yb, single, odt = self._as_batch(y)
         with self._blas_limit():
-            out = self._adjoint(yb) if self._local is None else self._adjoint_local(yb)
+            out = self._adjoint(yb)
         out = out.astype(odt, copy=False)
         return out[0] if single else out
 
     def _adjoint(self, yb: np.ndarray) -> np.ndarray:
-        B = yb.shape[0]
-        H, W = self.shape
-        k, c, pad = self.k, self.k // 2, self.pad_shape
-        kft = self.kernel_ft
-        out = np.zeros((B, H, W), self.dtype)
-        buf = np.zeros((B, *pad), self.dtype)
-        Z = None
-        last = None
-        for r0, r1, c0, c1 in self._blocks():
-            h, w = r1 - r0, c1 - c0
-            if last is not None and (h < last[0] or w < last[1]):
-                buf.fill(0)
-            last = (h, w)
-            buf[:, :h, :w] = yb[:, r0:r1, c0:c1][:, ::-1, ::-1]
-            G = self.fft.rfft2(buf)
-            Z = np.empty_like(G) if Z is None else Z
-            # the flipped full convolution, flipped back, is the correlation at rows r0 + c - k + 1 + q
-            j0, i0 = r0 + c - k + 1, c0 + c - k + 1
-            qa, qb = self._clip(j0, h + k - 1, H)
-            pa, pb = self._clip(i0, w + k - 1, W)
-            wk = self._block_maps(j0 + qa, j0 + qb, i0 + pa, i0 + pb)
-            dst = out[:, j0 + qa : j0 + qb, i0 + pa : i0 + pb]
-            tmp = np.empty(dst.shape, self.dtype)
-            for kk in range(self.rank):
-                np.multiply(G, kft[kk], out=Z)
-                g = self.fft.irfft2(Z, s=pad)[:, : h + k - 1, : w + k - 1][:, ::-1, ::-1]
-                np.multiply(g[:, qa:qb, pa:pb], wk(kk), out=tmp)
-                dst += tmp
-        return out
-
-    def _adjoint_local(self, yb: np.ndarray) -> np.ndarray:
-        """Adjoint of a local operator, block by block of the *source*: ``A^T = sum_b S_b^T sum_k W_bk C_bk^T``,
-        with ``C_bk^T`` the correlation with eigen-PSF ``k`` of block ``b`` over the ``h + k - 1`` rows (columns)
-        its blocks' light reaches: that region of ``y`` (zero past the window), flipped, convolved, flipped back
-        and cut to the block; one forward transform per block, one inverse per eigen-PSF."""
+        """The adjoint block by block of the *source* (the forward's partition): ``A^T = sum_b S_b^T sum_k W_bk
+        C_bk^T``, with ``C_bk^T`` the correlation with eigen-PSF ``k`` (the global one, or block ``b``'s own) over
+        the ``h + k - 1`` rows (columns) the block's light reaches: that region of ``y`` (zero past the window),
+        flipped, convolved, flipped back and cut to the block; one forward transform per block, one inverse per
+        eigen-PSF. Blocks write only their own pixels (no overlap-add: 10-30 % faster than correlating each
+        block of ``y`` over its whole reach, measured at 2048^2)."""
         B = yb.shape[0]
         H, W = self.shape
         k, c, pad = self.k, self.k // 2, self.pad_shape
         out = np.empty((B, H, W), self.dtype)
-        buf = np.zeros((B, *pad), self.dtype)
-        for i, (r0, r1, c0, c1) in enumerate(self._blocks()):
+
+        def block(b, fft):
+            i, r0, r1, c0, c1 = b
             h, w = r1 - r0, c1 - c0
             Lr, Lc = h + k - 1, w + k - 1
             qa, qb = self._clip(r0 - c, Lr, H)
             pa, pb = self._clip(c0 - c, Lc, W)
-            buf.fill(0)
+            buf = np.zeros((B, *pad), self.dtype)
             # buf[q'] = y at row r0 - c + (Lr - 1 - q'): the region reversed
-            buf[:, Lr - qb : Lr - qa, Lc - pb : Lc - pa] = yb[:, r0 - c + qa : r0 - c + qb, c0 - c + pa : c0 - c + pb][:, ::-1, ::-1]
-            G = self.fft.rfft2(buf)
-            kft, wk = self._local_kernel_ft(i), self._block_maps(r0, r1, c0, c1, self._local[i][1])
+            buf[:, Lr - qb : Lr - qa, Lc - pb : Lc - pa] = \
+                yb[:, r0 - c + qa : r0 - c + qb, c0 - c + pa : c0 - c + pb][:, ::-1, ::-1]
+            G = fft.rfft2(buf)
+            kft, wk = self._block_basis(i, r0, r1, c0, c1)
             dst = out[:, r0:r1, c0:c1]
-            dst.fill(0)
             Z = np.empty_like(G)
+            tmp = np.empty((B, h, w), self.dtype)
             for kk in range(len(kft)):
                 np.multiply(G, kft[kk], out=Z)
-                g = self.fft.irfft2(Z, s=pad)[:, k - 1 : Lr, k - 1 : Lc][:, ::-1, ::-1]  # correlation at rows r0..r1
-                g *= wk(kk)
-                dst += g
+                g = fft.irfft2(Z, s=pad)[:, k - 1 : Lr, k - 1 : Lc][:, ::-1, ::-1]  # correlation at rows r0..r1
+                if kk == 0:
+                    np.multiply(g, wk(kk), out=dst)  # the block's pixels are written by this block only
+                else:
+                    np.multiply(g, wk(kk), out=tmp)
+                    dst += tmp
+
+        self._each_block(block)
         return out
 
     __call__ = forward
