@@ -19,3 +19,17 @@ def best_of(fn, n: int, sync=None) -> float:
             sync()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Best wall time (s) of each callable over ``rounds`` rounds, the callables called in turn within a round
+    (a load change slows them alike), after one warm-up call each (plans, caches, lazy members)."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t)
+    return best

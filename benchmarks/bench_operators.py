@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import best_of  # noqa: E402
+from _timing import best_of, interleaved  # noqa: E402
 import psfsim  # noqa: E402
 from psfsim.operators import ExactOperator, lowrank_basis, make_operator, torch_blur  # noqa: E402
 from psfsim.restore import wiener  # noqa: E402
@@ -85,20 +85,6 @@ def header(title: str) -> None:
 
 
 # --------------------------------------------------------------------------------- 1. fast blur vs floor
-
-
-def interleaved(fns: dict, n: int) -> dict:
-    """Best wall time of each function over ``n`` rounds, the functions called in turn within each round (so a
-    loaded machine slows them alike); one warm-up call each first."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(n):
-        for key, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[key] = min(best[key], time.perf_counter() - t)
-    return best
 
 
 def floor_fns(op) -> dict:

@@ -47,6 +47,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHIM = HERE / "peers" / "shim"
@@ -167,20 +170,6 @@ def max_rel_diff(a, b) -> float:
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def interleaved(fns: dict, rounds: int) -> dict:
-    """Best wall time (s) of each callable over ``rounds`` rounds, the callables called in turn within a round
-    (a load change slows them alike), after one warm-up call each (plans, caches, lazy members)."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for key, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[key] = min(best[key], time.perf_counter() - t)
-    return best
 
 
 class DeepinvBlur:
