@@ -323,7 +323,7 @@ def bench_local(presets, nrep: int, crop: int):
 
 
 _PEAK_RSS_CHILD = """
-import resource, sys, numpy as np
+import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
 import psfsim
 from psfsim.operators import lowrank_basis, make_operator
@@ -331,10 +331,14 @@ n = int(sys.argv[3])
 lens = psfsim.load_lens(sys.argv[2])
 op = make_operator(lens, shape=(n, n), allow_outside=True)
 img = np.random.default_rng(0).random((n, n), dtype=np.float32)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def vmhwm():  # this process's own peak (KiB); ru_maxrss carries the parent's peak across fork + exec on Linux
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+before = vmhwm()
 out = op(img)
 back = op.adjoint(out)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = vmhwm()
 print(op.rank, before, peak, 2 * img.nbytes)
 """
 
