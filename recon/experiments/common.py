@@ -18,7 +18,7 @@ import io
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,7 +26,7 @@ from psfsim.store import atomic_file
 
 from ..errors import ReconError
 
-__all__ = ["ExperimentDir", "Claim", "write_table", "mean_spread", "claims_markdown"]
+__all__ = ["ExperimentDir", "ExperimentResult", "Claim", "write_table", "mean_spread", "claims_markdown"]
 
 
 def _json_default(v):
@@ -130,6 +130,42 @@ class Claim:
     @property
     def verdict(self) -> str:
         return {True: "held", False: "did not hold", None: "not decided"}[self.held]
+
+
+@dataclass
+class ExperimentResult:
+    """What an experiment's ``run`` did (every experiment returns one; ``recon experiment`` prints its summary).
+
+    Attributes
+    ----------
+    name : str
+    out : Path
+        The experiment folder.
+    rows : list
+        The main table's rows.
+    claims : list of Claim
+    files : dict
+        Label -> path of what was written (tables, verdicts, figures).
+    computed, reused : list
+        Units computed by this call, and units whose records were already there.
+    seconds : float
+    """
+
+    name: str
+    out: Path
+    rows: list
+    claims: list
+    files: dict = field(default_factory=dict)
+    computed: list = field(default_factory=list)
+    reused: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"{self.name}: {self.out}: {len(self.computed)} unit(s) computed, {len(self.reused)} already done, "
+                 f"{self.seconds:.0f} s"]
+        lines += [f"  {label:<8s}{path}" for label, path in self.files.items() if path is not None]
+        lines += [f"  [{c.verdict}] {c.claim}: {c.evidence}" for c in self.claims]
+        return "\n".join(lines)
 
 
 def claims_markdown(claims: Iterable[Claim]) -> str:

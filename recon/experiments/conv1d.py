@@ -81,10 +81,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ReconError
-from .common import Claim, ExperimentDir, claims_markdown, mean_spread, write_table
+from .common import Claim, ExperimentDir, ExperimentResult, claims_markdown, mean_spread, write_table
 
 __all__ = ["run", "add_arguments", "blur_matrix", "offsets_widths", "make_data", "model_specs", "impulse_response",
-           "judge", "Conv1dResult", "DEFAULTS", "QUICK", "FAR_DB", "NOTHING_DB"]
+           "judge", "DEFAULTS", "QUICK", "FAR_DB", "NOTHING_DB"]
 
 LENGTH = 30
 #: margins of the verdicts (dB), fixed before any run
@@ -465,27 +465,6 @@ def figure(rows: list[dict], learned: dict[str, np.ndarray], H: np.ndarray, path
 # ----------------------------------------------------------------------------------------------------------
 # the command
 # ----------------------------------------------------------------------------------------------------------
-@dataclass
-class Conv1dResult:
-    out: Path
-    table_md: Path
-    table_csv: Path
-    claims_md: Path
-    figure: Path
-    rows: list
-    claims: list
-    computed: list
-    reused: list
-    seconds: float
-
-    def summary(self) -> str:
-        lines = [f"conv1d: {len(self.computed)} units computed, {len(self.reused)} reused, {self.seconds:.1f} s",
-                 f"table: {self.table_md} (and {self.table_csv.name}); figure: {self.figure}; verdicts: {self.claims_md}"]
-        for c in self.claims:
-            lines.append(f"  [{c.verdict}] {c.claim}")
-        return "\n".join(lines)
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"seeds per model (default {DEFAULTS['seeds']}; --quick {QUICK['seeds']})")
@@ -502,8 +481,8 @@ def _positive(name, v, lo=1, hi=None):
 
 
 def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = True, device: str = "auto",
-        seeds: int | None = None, kernel: int | None = None, workers: int | None = None) -> Conv1dResult:
-    """Run (or resume) the experiment into ``out``; see the module docstring. Returns :class:`Conv1dResult`."""
+        seeds: int | None = None, kernel: int | None = None, workers: int | None = None) -> ExperimentResult:
+    """Run (or resume) the experiment into ``out``; see the module docstring. Returns :class:`ExperimentResult`."""
     from ..evaluate import resolve_device
 
     t_start = time.perf_counter()
@@ -577,7 +556,7 @@ def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = T
     return res
 
 
-def _report(exp: ExperimentDir, specs, settings, computed, reused, seconds) -> Conv1dResult:
+def _report(exp: ExperimentDir, specs, settings, computed, reused, seconds) -> ExperimentResult:
     recs = exp.records()
     timing = recs["timing"]
     rows, learned = [], {}
@@ -609,4 +588,6 @@ def _report(exp: ExperimentDir, specs, settings, computed, reused, seconds) -> C
     fig = figure(rows, learned, blur_matrix(LENGTH), exp.file("fig3.png"),
                  title=f"conv1d: {settings['n_signals']} signals, {settings['seeds']} seed(s)"
                        f"{' (quick)' if settings['quick'] else ''}")
-    return Conv1dResult(exp.path, md, csv, cm, fig, rows, claims, computed, reused, seconds)
+    return ExperimentResult("conv1d", exp.path, rows, claims,
+                            files={"table": md, "csv": csv, "claims": cm, "figure": fig},
+                            computed=computed, reused=reused, seconds=seconds)

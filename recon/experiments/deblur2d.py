@@ -28,15 +28,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ReconError
-from .common import Claim, ExperimentDir, claims_markdown, write_table
+from .common import Claim, ExperimentDir, ExperimentResult, claims_markdown, write_table
 from .deblur2d_baselines import RL_ITERS
 
 __all__ = ["MODELS", "SCALES", "QUICK", "settings_for", "train_config", "run", "add_arguments", "decide_claims",
-           "DeblurResult", "MARGIN_DB"]
+           "MARGIN_DB"]
 
 #: unit -> (label, registry name, model arguments). The paper's models; ``residual`` is added by the scale.
 MODELS = {
@@ -191,25 +190,6 @@ def decide_claims(rows: dict, margin: float = MARGIN_DB) -> list[Claim]:
 # ----------------------------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------------------------
-@dataclass
-class DeblurResult:
-    """What :func:`run` wrote: the folder, the table rows, the claims and the units computed by this call."""
-
-    out: Path
-    rows: list
-    claims: list
-    computed: list = field(default_factory=list)
-    files: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        lines = [f"deblur2d: {self.out} ({len(self.computed)} unit(s) computed in this call, {self.seconds:.0f} s)",
-                 f"  table  {self.files.get('results')}", f"  figure {self.files.get('fig4b')}",
-                 f"  figure {self.files.get('fig5')}"]
-        lines += [f"  [{c.verdict}] {c.claim}: {c.evidence}" for c in self.claims]
-        return "\n".join(lines)
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--scale", choices=tuple(SCALES), default="cpu",
                         help="cpu: 480 samples of 128 x 128, 10 epochs (~20 min on 2 idle cores); paper: 20000 of "
@@ -309,7 +289,7 @@ def _model_unit(unit: str, s: dict, data: Path, run_dir: Path, examples: list[in
 
 
 def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = True, device: str = "auto",
-        scale: str = "cpu", seed: int = 0, models=None) -> DeblurResult:
+        scale: str = "cpu", seed: int = 0, models=None) -> ExperimentResult:
     """Run (or resume) the experiment into ``out``; see the module docstring.
 
     Parameters
@@ -331,7 +311,7 @@ def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = T
 
     Returns
     -------
-    DeblurResult
+    ExperimentResult
     """
     import psfsim
 
@@ -344,6 +324,8 @@ def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = T
     resolve_device(device)  # refuse a bad device before any work
     exp = ExperimentDir(out, "deblur2d", s, overwrite=overwrite)
     data = exp.path / "data.zarr"
+    units = ["data", "baselines", *sorted(s["models"], key=RUN_ORDER.index)]
+    reused = [u for u in units if exp.done(u)]
     computed = []
 
     if not exp.done("data"):
@@ -370,10 +352,11 @@ def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = T
         r = exp.load(unit)
         _log(f"{unit}: test PSNR {r['psnr_db']:.2f} dB, SSIM {r['ssim']:.4f} ({r['params']:,d} parameters)")
 
-    return _report(exp, s, drec, base, computed, t0)
+    return _report(exp, s, drec, base, computed, reused, t0)
 
 
-def _report(exp: ExperimentDir, s: dict, drec: dict, base: dict, computed: list, t0: float) -> DeblurResult:
+def _report(exp: ExperimentDir, s: dict, drec: dict, base: dict, computed: list, reused: list,
+            t0: float) -> ExperimentResult:
     from .deblur2d_figures import curves_figure, examples_figure, psnr_params_figure, radial_figure
 
     recs = {u: exp.load(u) for u in s["models"] if exp.done(u)}
@@ -415,5 +398,5 @@ def _report(exp: ExperimentDir, s: dict, drec: dict, base: dict, computed: list,
         files["curves"] = curves_figure(recs, exp.file("curves.png"))
         files["radial"] = radial_figure(recs, base, exp.file("radial_psnr.png"))
     files["fig5"] = examples_figure(exp.path, recs, base, drec["examples"], exp.file("fig5_examples.png"))
-    return DeblurResult(out=exp.path, rows=rows, claims=claims, computed=computed, files=files,
-                        seconds=time.perf_counter() - t0)
+    return ExperimentResult("deblur2d", exp.path, rows, claims, files=files, computed=computed, reused=reused,
+                            seconds=time.perf_counter() - t0)

@@ -46,16 +46,15 @@ import functools
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ReconError
-from .common import Claim, ExperimentDir, claims_markdown, mean_spread, write_table
+from .common import Claim, ExperimentDir, ExperimentResult, claims_markdown, mean_spread, write_table
 
-__all__ = ["sad_batch", "grid_positions", "MODELS", "run", "add_arguments", "SADResult"]
+__all__ = ["sad_batch", "grid_positions", "MODELS", "run", "add_arguments"]
 
 #: key -> (label, registry name, config): about equal parameter counts (see ``recon models``)
 MODELS = {
@@ -431,27 +430,6 @@ def _outputs_figure(exp: ExperimentDir, records: dict, variant: str, s: dict, pa
 # ----------------------------------------------------------------------------------------------------------
 # the command
 # ----------------------------------------------------------------------------------------------------------
-@dataclass
-class SADResult:
-    """What :func:`run` did: the output folder, the table rows, the claims, the units computed in this call."""
-
-    out: Path
-    rows: list
-    claims: list
-    computed: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    figures: list = field(default_factory=list)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        lines = [f"sad: {len(self.computed)} unit(s) computed, {len(self.skipped)} already done, {self.seconds:.0f} s",
-                 f"table: {self.out / 'sad.md'} (and sad.csv); claims: {self.out / 'claims.md'}",
-                 "figures: " + ", ".join(str(p) for p in self.figures)]
-        for c in self.claims:
-            lines.append(f"- {c.verdict}: {c.claim}")
-        return "\n".join(lines)
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"seeds per model and variant (default {DEFAULT['seeds']}; --quick {QUICK['seeds']})")
@@ -464,7 +442,7 @@ def add_arguments(parser) -> None:
 
 
 def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = True, device: str = "auto",
-        seeds: int | None = None, steps: int | None = None, threads: int = 1) -> SADResult:
+        seeds: int | None = None, steps: int | None = None, threads: int = 1) -> ExperimentResult:
     """Run (or resume) the SAD experiment into ``out``; see the module docstring."""
     from ..evaluate import resolve_device
 
@@ -489,7 +467,7 @@ def run(out, *, quick: bool = False, overwrite: bool = False, progress: bool = T
         torch.set_num_threads(old_threads)
 
 
-def _run(exp: ExperimentDir, s: dict, dev, progress: bool, t0: float) -> SADResult:
+def _run(exp: ExperimentDir, s: dict, dev, progress: bool, t0: float) -> ExperimentResult:
     log = (lambda m: print(f"sad: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     computed, skipped = [], []
     for seed in range(s["seeds"]):
@@ -513,4 +491,7 @@ def _run(exp: ExperimentDir, s: dict, dev, progress: bool, t0: float) -> SADResu
         p = _outputs_figure(exp, records, variant, s, exp.file(f"sad_{variant}.png"))
         if p is not None:
             figures.append(p)
-    return SADResult(exp.path, rows, claims, computed, skipped, figures, time.perf_counter() - t0)
+    files = {"table": exp.file("sad.md"), "claims": exp.file("claims.md"),
+             **{f"figure{i + 1}": p for i, p in enumerate(figures)}}
+    return ExperimentResult("sad", exp.path, rows, claims, files=files, computed=computed, reused=skipped,
+                            seconds=time.perf_counter() - t0)

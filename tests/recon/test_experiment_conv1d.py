@@ -188,7 +188,7 @@ def test_quick_run_end_to_end_resume_and_rerun_one_unit(tmp_path, capsys):
     rc, text, err = _cli(capsys, "--quick", "--out", str(out), "--device", "cpu")
     assert rc == 0, err
     n_units = len(E.model_specs()) + 1  # models x 1 seed, and the timing unit
-    assert f"{n_units} units computed, 0 reused" in text
+    assert f"{n_units} unit(s) computed, 0 already done" in text
     for f in ("table.md", "table.csv", "claims.md", "fig3.png", "experiment.json"):
         assert (out / f).is_file(), f
     png = (out / "fig3.png").read_bytes()
@@ -205,13 +205,13 @@ def test_quick_run_end_to_end_resume_and_rerun_one_unit(tmp_path, capsys):
 
     # resume: nothing new, the same table
     rc, text, _ = _cli(capsys, "--quick", "--out", str(out), "--device", "cpu")
-    assert rc == 0 and f"0 units computed, {n_units} reused" in text
+    assert rc == 0 and f"0 unit(s) computed, {n_units} already done" in text
     assert (out / "table.csv").read_text() == table
 
     # one unit record deleted: only that unit re-runs, with the same result (seeded, CPU)
     (out / "units" / "cg_1_15_3_2__seed0.json").unlink()
     rc, text, _ = _cli(capsys, "--quick", "--out", str(out), "--device", "cpu")
-    assert rc == 0 and f"1 units computed, {n_units - 1} reused" in text
+    assert rc == 0 and f"1 unit(s) computed, {n_units - 1} already done" in text
     again = json.loads((out / "units" / "cg_1_15_3_2__seed0.json").read_text())
     assert again["psnr_db"] == pytest.approx(rec["psnr_db"], rel=1e-6)
     np.testing.assert_allclose(again["learned_h"], rec["learned_h"], rtol=0, atol=2e-6)

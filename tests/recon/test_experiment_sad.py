@@ -151,7 +151,7 @@ def test_resume_skips_finished_units_and_reruns_only_a_missing_one(quick_run, tm
     before = (out / "sad.csv").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
     res = sad.run(out, quick=True, device="cpu", progress=False)
-    assert res.computed == [] and len(res.skipped) == 8
+    assert res.computed == [] and len(res.reused) == 8
     assert (out / "sad.csv").read_text() == before
     assert {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()} == stamps
     (out / "units" / "fixed__res_fcnn__seed0.json").unlink()
