@@ -1,10 +1,23 @@
 """Shared fixtures of the pipelines tests: a small lens, in-memory frames with the Frame interface, and tiny
 random-weight checkpoints (CG-UNet and UNet of depth 2) written by recon.save_checkpoint."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import psfsim
+
+
+def run_python(code: str, *args) -> None:
+    """Run ``code`` in a fresh interpreter with this checkout importable (as a process-based Dask worker runs a
+    task): ``sys.argv[1:]`` are ``args``; raises if it fails."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True, env=env, timeout=120)
 
 #: A small lens whose blur changes across its 160 x 224 field (field curvature + coma), 17 px PSF box.
 PL_LENS = {"name": "pl-small", "optics": {"wavelength_nm": 520.0, "na": 0.4, "pixel_pitch_um": 0.325},

@@ -6,10 +6,7 @@ astropy ``fits.getdata``, zarr ``Array[...]``, ome-zarr-py's ``Reader``), cast t
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,8 @@ import pytest
 
 from pipelines import PipelineError, open_frame
 from pipelines.frames import header_digest
+
+from .conftest import run_python
 
 H, W = 70, 90
 REGIONS = [(slice(0, H), slice(0, W)), (slice(5, 37), slice(11, 80)), (slice(64, 70), slice(0, 9)),
@@ -168,10 +167,7 @@ def test_pickled_frames_read_in_another_process(files, tmp_path):
     code = ("import pickle, sys, numpy as np\n"
             "fr = pickle.load(open(sys.argv[1], 'rb'))\n"
             "np.savez(sys.argv[2], **{k: f.read(f.n_frames - 1, slice(3, 41), slice(7, 88)) for k, f in fr.items()})\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                       os.environ.get("PYTHONPATH", "")]))
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "frames.pkl"), str(tmp_path / "out.npz")],
-                   check=True, env=env, timeout=120)
+    run_python(code, tmp_path / "frames.pkl", tmp_path / "out.npz")
     got = np.load(tmp_path / "out.npz")
     for k in KINDS:
         ref = np.asarray(files[k][2], dtype=np.float32).reshape((-1, H, W))[-1]

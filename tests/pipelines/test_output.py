@@ -16,6 +16,8 @@ import pytest
 from pipelines import OutputStore, PipelineError, export, open_frame, open_result
 from pipelines.output import downsample_mean2, record_difference
 
+from .conftest import run_python
+
 RECORD = {"route": {"name": "wiener", "lens": "abc123"}, "input": {"path": "/nowhere/in.npy", "size": 1},
           "tile": 32, "seed": 0, "provenance": {"command": "pipelines wiener ..."}}
 
@@ -152,10 +154,6 @@ def test_crash_between_data_and_flag_then_resume_is_byte_identical(tmp_path, mon
 def test_chunks_written_from_another_process(tmp_path):
     """A worker process gets the pickled store (no lock), writes its chunks and their flags; the run that holds
     the lock finishes it, and the result equals a store written in one process, byte for byte."""
-    import os
-    import subprocess
-    import sys
-
     a = _data((64, 96))
     ref = tmp_path / "ref.zarr"
     _complete(ref, a)
@@ -168,10 +166,7 @@ def test_chunks_written_from_another_process(tmp_path):
                 "s, todo = pickle.load(open(sys.argv[1], 'rb'))\n"
                 "a = np.load(sys.argv[2])\n"
                 "[s.write_chunk(i, a[s.chunk_region(i)]) for i in todo]\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                           os.environ.get("PYTHONPATH", "")]))
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.pkl"), str(tmp_path / "a.npy")],
-                       check=True, env=env, timeout=120)
+        run_python(code, tmp_path / "job.pkl", tmp_path / "a.npy")
         assert s.pending() == [i for i in np.ndindex(*s.grid) if i not in half]
         _write(s, a)
         s.finish(summary={"tiles": 6})
