@@ -43,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import rel_err, test_image  # noqa: E402
 from _timing import best_of, interleaved  # noqa: E402
 import psfsim  # noqa: E402
 from psfsim.operators import ExactOperator, lowrank_basis, make_operator, torch_blur  # noqa: E402
@@ -60,20 +61,6 @@ def timed(fn):
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
-
-
-def test_image(n: int) -> np.ndarray:
-    """``camera`` (512 x 512) tiled to ``n x n``, float32 in [0, 1]."""
-    import skimage.data
-
-    cam = skimage.data.camera().astype(np.float32) / 255
-    reps = -(-n // cam.shape[0])
-    return np.ascontiguousarray(np.tile(cam, (reps, reps))[:n, :n])
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def verdict(ok: bool) -> str:

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import rel_err, test_image  # noqa: E402
 from _timing import interleaved  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -137,16 +138,6 @@ def load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def test_image(shape):
-    """scikit-image's ``camera`` (512 x 512) tiled to ``shape``, float32 in [0, 1]."""
-    import numpy as np
-    import skimage.data
-
-    cam = skimage.data.camera().astype(np.float32) / 255
-    reps = (-(-shape[0] // cam.shape[0]), -(-shape[1] // cam.shape[1]))
-    return np.ascontiguousarray(np.tile(cam, reps)[: shape[0], : shape[1]])
-
-
 def point_lattice(shape, k: int):
     """Unit impulses ``max(1, k // 2)`` pixels apart from ``(k // 4, k // 4)``, float32: overlapping PSFs."""
     import numpy as np
@@ -155,13 +146,6 @@ def point_lattice(shape, k: int):
     step, first = max(1, k // 2), k // 4
     m[first::step, first::step] = 1
     return m
-
-
-def rel_err(a, b) -> float:
-    import numpy as np
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def max_rel_diff(a, b) -> float:

@@ -33,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_operators import interleaved, test_image  # noqa: E402
+from _common import test_image  # noqa: E402
+from _timing import interleaved  # noqa: E402
 import psfsim  # noqa: E402
 from psfsim.noise import NoiseModel  # noqa: E402
 from psfsim.operators import make_operator  # noqa: E402
