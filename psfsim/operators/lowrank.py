@@ -669,10 +669,13 @@ class LowRankOperator:
         b, single = as_image_batch(a, self.shape, self.dtype)
         return b.astype(self.dtype, copy=False), single, result_dtype(b)
 
-    @staticmethod
-    def _clip(start: int, length: int, n: int) -> tuple[int, int]:
-        """Offsets ``[a, b)`` of ``length`` samples placed at ``start`` that fall inside ``[0, n)``."""
-        return max(0, -start), min(length, n - start)
+    def _reach(self, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int]:
+        """``(qa, qb, pa, pb)``: the part inside the window of the ``(h + k - 1) x (w + k - 1)`` region that block
+        rows ``r0:r1``, columns ``c0:c1`` spread light onto (window rows ``r0 - k // 2 + q``, ``q`` in ``[qa, qb)``;
+        columns likewise)."""
+        k, c = self.k, self.k // 2
+        (H, W), h, w = self.shape, r1 - r0, c1 - c0
+        return max(0, c - r0), min(h + k - 1, H - r0 + c), max(0, c - c0), min(w + k - 1, W - c0 + c)
 
     def _blas_limit(self):
         """One BLAS thread for the block maps' small products (none needed when the maps are dense)."""
@@ -756,8 +759,7 @@ class LowRankOperator:
                 else:
                     acc += F
             f = fft.irfft2(acc, s=pad)  # the block's full convolution: output row r0 - c + q for row q
-            qa, qb = self._clip(r0 - c, h + k - 1, H)
-            pa, pb = self._clip(c0 - c, w + k - 1, W)
+            qa, qb, pa, pb = self._reach(r0, r1, c0, c1)
             out[:, r0 - c + qa : r0 - c + qb, c0 - c + pa : c0 - c + pb] += f[:, qa:qb, pa:pb]
 
         self._each_block(block)
@@ -793,8 +795,7 @@ class LowRankOperator:
             i, r0, r1, c0, c1 = b
             h, w = r1 - r0, c1 - c0
             Lr, Lc = h + k - 1, w + k - 1
-            qa, qb = self._clip(r0 - c, Lr, H)
-            pa, pb = self._clip(c0 - c, Lc, W)
+            qa, qb, pa, pb = self._reach(r0, r1, c0, c1)
             buf = np.zeros((B, *pad), self.dtype)
             # buf[q'] = y at row r0 - c + (Lr - 1 - q'): the region reversed
             buf[:, Lr - qb : Lr - qa, Lc - pb : Lc - pa] = \
